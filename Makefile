@@ -1,0 +1,64 @@
+# Arca's entry points. Every target works from a fresh clone: `make test`
+# installs the test servers it needs (infra/dev/ensure-tools.sh).
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+
+# One build cache and one tools dir shared by all checkouts of this machine.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/arca/target
+export ARCA_TOOLS_DIR ?= $(HOME)/.cache/arca/tools
+
+ARCA := $(CARGO_TARGET_DIR)/release/arca
+# `make test TEST_FLAGS="-p arca-testkit"` runs one crate's tests.
+TEST_FLAGS ?= --workspace
+# Only for the local demo repository of `make run`; use your own for real data.
+ARCA_PASSWORD ?= arca-dev-password
+
+.PHONY: run build test lint fmt bench openapi
+
+# The standalone engine for now: `arca` on a filesystem repository under ./var.
+# The control-plane issue replaces this with `arca server` (gateway, services
+# and a local nats-server, as DESIGN.md describes).
+run:
+	cargo build --release -p arca-cli --bin arca
+	mkdir -p var
+	if [ ! -e var/repo ]; then \
+		ARCA_PASSWORD='$(ARCA_PASSWORD)' $(ARCA) --repo "fs://$(CURDIR)/var/repo" repo init; \
+	fi
+	$(ARCA) --help
+	@echo
+	@echo "Repository: fs://$(CURDIR)/var/repo (demo password: ARCA_PASSWORD=$(ARCA_PASSWORD))"
+	@echo "Try:  export ARCA_REPO=fs://$(CURDIR)/var/repo ARCA_PASSWORD=$(ARCA_PASSWORD)"
+	@echo "      $(ARCA) backup ~/some/dir"
+
+build:
+	cargo build --workspace --release
+
+# Tests talk to real servers: one shared moto (S3) and Azurite for the whole run,
+# passed to every test process through ARCA_TEST_*_ENDPOINT; each test that
+# needs NATS starts its own nats-server (arca-testkit). Servers that were already
+# running before (someone else's `make test`) are left running.
+test:
+	infra/dev/ensure-tools.sh
+	already_running=0; \
+	infra/dev/test-servers.sh env >/dev/null 2>&1 && already_running=1; \
+	infra/dev/test-servers.sh start; \
+	[ $$already_running = 1 ] || trap 'infra/dev/test-servers.sh stop' EXIT; \
+	eval "$$(infra/dev/test-servers.sh env)"; \
+	if cargo nextest --version >/dev/null 2>&1; then \
+		cargo nextest run $(TEST_FLAGS) --no-fail-fast; \
+	else \
+		cargo test $(TEST_FLAGS) --no-fail-fast; \
+	fi
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+bench:
+	bash loadtests/bench.sh
+
+openapi:
+	@echo "openapi: the API gateway does not exist yet, so there is no openapi/openapi.json to generate"

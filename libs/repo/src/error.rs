@@ -1,0 +1,83 @@
+//! Typed errors for the engine: each says what failed, on what, and whether a retry may help.
+
+use std::path::PathBuf;
+
+/// Result alias used across the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything the engine can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The repository URL or target settings are not usable.
+    #[error("invalid target: {0}")]
+    InvalidTarget(String),
+    /// There is no repository at the target.
+    #[error("no repository at `{0}` (run `arca repo init` first)")]
+    NotARepository(String),
+    /// `init` found a repository already.
+    #[error("a repository already exists at `{0}`")]
+    AlreadyInitialized(String),
+    /// No key of the repository opens with the passphrase.
+    #[error("wrong passphrase: no key of this repository opens with it")]
+    WrongPassphrase,
+    /// Stored data failed authentication or does not parse.
+    #[error("corrupt data in `{object}`: {reason}")]
+    Corrupt { object: String, reason: String },
+    /// A snapshot, key or path does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A snapshot id prefix matches more than one snapshot.
+    #[error("snapshot id prefix `{0}` is ambiguous")]
+    Ambiguous(String),
+    /// The repository is held by another operation.
+    #[error("repository is locked: {0}")]
+    Locked(String),
+    /// The caller asked for something the rules forbid.
+    #[error("{0}")]
+    Refused(String),
+    /// Local file-system trouble, with the path.
+    #[error("{op} `{path}`: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The storage backend failed (OpenDAL); `temporary` tells whether a retry may help.
+    #[error("storage {op} `{object}`: {source}")]
+    Storage {
+        op: &'static str,
+        object: String,
+        #[source]
+        source: Box<opendal::Error>,
+    },
+    /// A source command (`--command`) or hook failed.
+    #[error("command `{command}` failed: {reason}")]
+    Command { command: String, reason: String },
+}
+
+impl From<std::io::Error> for Error {
+    fn from(source: std::io::Error) -> Self {
+        Error::Io { op: "read", path: PathBuf::new(), source }
+    }
+}
+
+impl Error {
+    /// Whether retrying the same operation later may succeed.
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            Error::Storage { source, .. } => source.is_temporary(),
+            Error::Locked(_) => true,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { op, path, source }
+    }
+
+    pub(crate) fn corrupt(object: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::Corrupt { object: object.into(), reason: reason.into() }
+    }
+}

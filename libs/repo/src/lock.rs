@@ -1,0 +1,138 @@
+//! Leases in the repository (`locks/`), so standalone processes coordinate without a
+//! server: backups take shared leases, prune an exclusive one. A lease is refreshed
+//! while its holder works; one not refreshed for [`STALE_AFTER`] belongs to a dead
+//! process and is ignored.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::format::LockFile;
+use crate::repository::{Repository, paths};
+
+/// A lease older than this without a refresh is stale.
+pub const STALE_AFTER: Duration = Duration::from_secs(120);
+const REFRESH_EVERY: Duration = Duration::from_secs(30);
+
+/// A held lease; dropping it removes it from the repository.
+pub struct Lease {
+    repo: Repository,
+    name: String,
+    stop: Arc<AtomicBool>,
+    refresher: Option<JoinHandle<()>>,
+}
+
+fn stale_after() -> chrono::Duration {
+    // Tests shorten this to exercise stale leases without waiting minutes.
+    let secs = std::env::var("ARCA_LOCK_STALE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(STALE_AFTER.as_secs());
+    chrono::Duration::seconds(secs as i64)
+}
+
+/// The live (not stale) leases in the repository, by name.
+pub fn live_leases(repo: &Repository) -> Result<Vec<(String, LockFile)>> {
+    let now = chrono::Utc::now();
+    let mut out = Vec::new();
+    for listed in repo.backend().list(paths::LOCKS)? {
+        let name = format!("{}{}", paths::LOCKS, listed.name);
+        let lock: LockFile = match repo.load_object(&name).and_then(|b| crate::format::from_json(&b, &name)) {
+            Ok(lock) => lock,
+            Err(Error::NotFound(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        if now - lock.refreshed < stale_after() {
+            out.push((name, lock));
+        }
+    }
+    Ok(out)
+}
+
+/// Removes leases that are stale; returns how many.
+pub fn remove_stale_leases(repo: &Repository) -> Result<usize> {
+    let live: std::collections::HashSet<String> = live_leases(repo)?.into_iter().map(|(n, _)| n).collect();
+    let mut removed = 0;
+    for listed in repo.backend().list(paths::LOCKS)? {
+        let name = format!("{}{}", paths::LOCKS, listed.name);
+        if !live.contains(&name) {
+            repo.backend().delete(&name)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+fn describe(lock: &LockFile) -> String {
+    format!(
+        "{} by pid {} on {} since {}",
+        lock.operation,
+        lock.pid,
+        lock.hostname,
+        lock.created.format("%Y-%m-%d %H:%M:%S UTC")
+    )
+}
+
+impl Lease {
+    /// Takes a lease. A shared lease fails while an exclusive one is live; an exclusive
+    /// lease fails while any other is live. Both sides check after writing their own, so
+    /// two racing writers cannot both proceed.
+    pub fn acquire(repo: &Repository, exclusive: bool, operation: &str) -> Result<Lease> {
+        let now = chrono::Utc::now();
+        let lock = LockFile {
+            exclusive,
+            hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+            pid: std::process::id(),
+            operation: operation.to_string(),
+            created: now,
+            refreshed: now,
+        };
+        let mut id = [0u8; 16];
+        crate::crypto::random_bytes(&mut id);
+        let name = format!("{}{}", paths::LOCKS, hex::encode(id));
+        write_lock(repo, &name, &lock)?;
+        let mut lease = Lease { repo: repo.clone(), name, stop: Arc::new(AtomicBool::new(false)), refresher: None };
+        for (other_name, other) in live_leases(repo)? {
+            if other_name != lease.name && (exclusive || other.exclusive) {
+                return Err(Error::Locked(describe(&other)));
+            }
+        }
+        lease.start_refresher(lock);
+        Ok(lease)
+    }
+
+    fn start_refresher(&mut self, mut lock: LockFile) {
+        let (repo, name, stop) = (self.repo.clone(), self.name.clone(), self.stop.clone());
+        self.refresher = Some(std::thread::spawn(move || {
+            let tick = Duration::from_millis(200);
+            let mut waited = Duration::ZERO;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                waited += tick;
+                if waited >= REFRESH_EVERY {
+                    waited = Duration::ZERO;
+                    lock.refreshed = chrono::Utc::now();
+                    if let Err(e) = write_lock(&repo, &name, &lock) {
+                        tracing::warn!("cannot refresh lease {name}: {e}");
+                    }
+                }
+            }
+        }));
+    }
+}
+
+fn write_lock(repo: &Repository, name: &str, lock: &LockFile) -> Result<()> {
+    let plain = serde_json::to_vec(lock).expect("lock serializes");
+    repo.backend().write(name, repo.data_key().seal(0, &plain))
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.refresher.take() {
+            let _ = handle.join();
+        }
+        if let Err(e) = self.repo.backend().delete(&self.name) {
+            tracing::warn!("cannot remove lease {}: {e}", self.name);
+        }
+    }
+}

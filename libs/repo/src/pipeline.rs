@@ -1,0 +1,146 @@
+//! The write pipeline shared by every kind of backup: callers hand in plaintext blobs;
+//! blobs the repository already has are dropped at once (dedup by keyed id), new ones are
+//! compressed and sealed on a pool of threads and packed and uploaded by one packer thread.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+use crate::crypto::FLAG_ZSTD;
+use crate::error::{Error, Result};
+use crate::format::{BlobId, BlobKind};
+use crate::packer::{Packer, PackerStats, SealedBlob};
+use crate::repository::{Index, Repository};
+
+struct RawBlob {
+    id: BlobId,
+    kind: BlobKind,
+    data: Vec<u8>,
+}
+
+/// Decides, once per id, whether a blob still has to be stored.
+struct Dedup {
+    index: Arc<Index>,
+    pending: Mutex<HashSet<BlobId>>,
+}
+
+impl Dedup {
+    fn claim(&self, id: &BlobId) -> bool {
+        !self.index.contains(id) && self.pending.lock().expect("dedup lock poisoned").insert(*id)
+    }
+}
+
+/// The cloneable handle that stores blobs.
+#[derive(Clone)]
+pub struct BlobSink {
+    repo: Repository,
+    dedup: Arc<Dedup>,
+    tx: Sender<RawBlob>,
+}
+
+impl BlobSink {
+    /// Stores `data` unless the repository has it; returns its id.
+    pub fn store(&self, kind: BlobKind, data: &[u8]) -> Result<BlobId> {
+        let id = self.repo.blob_id(data);
+        if self.dedup.claim(&id) {
+            self.tx.send(RawBlob { id, kind, data: data.to_vec() }).map_err(|_| pipeline_stopped())?;
+        }
+        Ok(id)
+    }
+
+    /// Whether the repository (or this run) has the blob.
+    pub fn has(&self, id: &BlobId) -> bool {
+        self.dedup.index.contains(id) || self.dedup.pending.lock().expect("dedup lock poisoned").contains(id)
+    }
+}
+
+fn pipeline_stopped() -> Error {
+    Error::Refused("the write pipeline stopped after an earlier error".into())
+}
+
+/// The running threads behind a [`BlobSink`].
+pub struct Pipeline {
+    sink: Option<BlobSink>,
+    compressors: Vec<JoinHandle<()>>,
+    packer: JoinHandle<Result<PackerStats>>,
+}
+
+impl Pipeline {
+    pub fn start(repo: &Repository, index: Arc<Index>, level: i32, threads: usize) -> Pipeline {
+        let (tx_raw, rx_raw) = bounded::<RawBlob>(threads * 4);
+        let (tx_sealed, rx_sealed) = bounded::<SealedBlob>(threads * 4);
+        let compressors = (0..threads.max(1))
+            .map(|_| {
+                let (rx, tx, repo) = (rx_raw.clone(), tx_sealed.clone(), repo.clone());
+                std::thread::Builder::new()
+                    .name("arca-compress".into())
+                    .spawn(move || compress_loop(&repo, level, rx, tx))
+                    .expect("spawn compressor thread")
+            })
+            .collect();
+        drop(tx_sealed);
+        let packer_repo = repo.clone();
+        let packer = std::thread::Builder::new()
+            .name("arca-packer".into())
+            .spawn(move || {
+                let mut packer = Packer::new(&packer_repo);
+                for blob in rx_sealed {
+                    packer.add(blob)?;
+                }
+                packer.finish()
+            })
+            .expect("spawn packer thread");
+        let dedup = Arc::new(Dedup { index, pending: Mutex::new(HashSet::new()) });
+        Pipeline { sink: Some(BlobSink { repo: repo.clone(), dedup, tx: tx_raw }), compressors, packer }
+    }
+
+    pub fn sink(&self) -> &BlobSink {
+        self.sink.as_ref().expect("sink lives until finish")
+    }
+
+    /// Waits until every blob is packed, uploaded and indexed.
+    pub fn finish(mut self) -> Result<PackerStats> {
+        drop(self.sink.take());
+        for handle in self.compressors.drain(..) {
+            handle.join().expect("compressor thread panicked");
+        }
+        self.packer.join().expect("packer thread panicked")
+    }
+}
+
+fn compress_loop(repo: &Repository, level: i32, rx: Receiver<RawBlob>, tx: Sender<SealedBlob>) {
+    let mut compressor = zstd::bulk::Compressor::new(level).expect("valid zstd level");
+    let mut probe = zstd::bulk::Compressor::new(1).expect("valid zstd level");
+    for RawBlob { id, kind, data } in rx {
+        let compressed = if looks_incompressible(&mut probe, &data) {
+            None
+        } else {
+            compressor.compress(&data).ok().filter(|c| c.len() + c.len() / 32 < data.len())
+        };
+        let sealed = match &compressed {
+            Some(c) => repo.data_key().seal(FLAG_ZSTD, c),
+            None => repo.data_key().seal(0, &data),
+        };
+        if tx.send(SealedBlob { id, kind, sealed, raw_length: data.len() as u32 }).is_err() {
+            // The packer failed; `finish` reports its error.
+            return;
+        }
+    }
+}
+
+/// Compressing a 16 KiB sample at the fastest level tells random or already-compressed
+/// data apart cheaply, so it is stored raw without paying for a full compression.
+fn looks_incompressible(probe: &mut zstd::bulk::Compressor<'_>, data: &[u8]) -> bool {
+    const SAMPLE: usize = 16 << 10;
+    if data.len() < 4 * SAMPLE {
+        return false;
+    }
+    let mid = data.len() / 2;
+    let sample = &data[mid - SAMPLE / 2..mid + SAMPLE / 2];
+    match probe.compress(sample) {
+        Ok(c) => c.len() * 100 >= sample.len() * 97,
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,381 @@
+//! Restores and tree walks.
+//!
+//! A restore first plans (walks the snapshot, refuses unsafe names), creates folders and
+//! files, then reads every needed pack once, in parallel, writing each blob to every place
+//! it belongs with positioned writes. Hole chunks and all-zero blobs are skipped, so
+//! sparse files stay sparse. Symlinks are created last, so no write can follow one.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::chunker::is_zero;
+use crate::error::{Error, Result};
+use crate::format::{BlobId, Node, NodeKind, Snapshot};
+use crate::repository::{Index, Location, Repository, TreeLoader, paths};
+
+/// Visits every node under `tree` depth-first with its path (components joined by `/`,
+/// starting with `/`). `visit` returns whether to descend into a folder.
+pub fn walk_tree(
+    loader: &TreeLoader<'_>,
+    tree: &BlobId,
+    prefix: &[u8],
+    visit: &mut dyn FnMut(&[u8], &Node) -> Result<bool>,
+) -> Result<()> {
+    let tree = loader.load(tree)?;
+    for node in &tree.nodes {
+        let mut path = prefix.to_vec();
+        path.push(b'/');
+        path.extend_from_slice(&node.name);
+        if visit(&path, node)?
+            && let Some(sub) = &node.subtree
+        {
+            walk_tree(loader, sub, &path, visit)?;
+        }
+    }
+    Ok(())
+}
+
+/// How to restore.
+#[derive(Clone, Default)]
+pub struct RestoreOptions {
+    /// Glob patterns over snapshot paths (e.g. `/home/*/docs/**`); empty restores all.
+    /// A matching folder brings everything below it.
+    pub include: Vec<String>,
+    /// Live counters the caller can poll.
+    pub progress: Option<Arc<RestoreProgress>>,
+}
+
+/// Counters updated while a restore runs.
+#[derive(Default, Debug)]
+pub struct RestoreProgress {
+    pub bytes_total: AtomicU64,
+    pub bytes_done: AtomicU64,
+    pub files_total: AtomicU64,
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RestoreSummary {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    pub warnings: Vec<String>,
+}
+
+struct PlannedFile {
+    path: PathBuf,
+    node: Node,
+}
+
+#[derive(Default)]
+struct Plan {
+    dirs: Vec<(PathBuf, Node)>,
+    files: Vec<PlannedFile>,
+    /// Further names of hard-linked files: (new path, index of the first file).
+    links: Vec<(PathBuf, usize)>,
+    symlinks: Vec<(PathBuf, Node)>,
+}
+
+fn build_globs(patterns: &[String]) -> Result<Option<globset::GlobSet>> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut builder = globset::GlobSetBuilder::new();
+    for p in patterns {
+        let glob = globset::GlobBuilder::new(p)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| Error::Refused(format!("bad include pattern `{p}`: {e}")))?;
+        builder.add(glob);
+    }
+    builder.build().map(Some).map_err(|e| Error::Refused(format!("bad include patterns: {e}")))
+}
+
+struct Planner<'a> {
+    loader: TreeLoader<'a>,
+    dest: &'a Path,
+    globs: Option<globset::GlobSet>,
+    /// (device, inode) of multiply-linked files planned → their index in `self.out.files`.
+    hard_links: HashMap<(u64, u64), usize>,
+    out: Plan,
+}
+
+impl Planner<'_> {
+    /// Plans the folder `tree` at snapshot path `rel`; returns whether anything in it is selected.
+    fn plan(&mut self, tree: &BlobId, rel: &[u8], selected: bool) -> Result<bool> {
+        let tree = self.loader.load(tree)?;
+        let mut seen = HashSet::new();
+        let mut any = false;
+        for node in &tree.nodes {
+            if !node.name_is_safe() {
+                return Err(Error::Refused(format!(
+                    "snapshot holds an unsafe name `{}` under `{}`: refusing to restore",
+                    node.name_lossy(),
+                    String::from_utf8_lossy(rel)
+                )));
+            }
+            if !seen.insert(node.name.as_slice()) {
+                return Err(Error::Refused(format!(
+                    "snapshot holds the name `{}` twice under `{}`: refusing to restore",
+                    node.name_lossy(),
+                    String::from_utf8_lossy(rel)
+                )));
+            }
+            let mut path_bytes = rel.to_vec();
+            path_bytes.push(b'/');
+            path_bytes.extend_from_slice(&node.name);
+            let here =
+                selected || self.globs.as_ref().is_none_or(|g| g.is_match(Path::new(OsStr::from_bytes(&path_bytes))));
+            let path = self.dest.join(OsStr::from_bytes(&path_bytes[1..]));
+            match node.kind {
+                NodeKind::Dir => {
+                    let at = self.out.dirs.len();
+                    self.out.dirs.push((path, node.clone()));
+                    let sub = node.subtree.ok_or_else(|| Error::corrupt("tree", "folder without subtree"))?;
+                    let inner = self.plan(&sub, &path_bytes, here)?;
+                    if !here && !inner {
+                        self.out.dirs.truncate(at);
+                    }
+                    any |= here || inner;
+                }
+                _ if !here => {}
+                NodeKind::File => {
+                    any = true;
+                    if node.links > 1 {
+                        if let Some(&first) = self.hard_links.get(&(node.device, node.inode)) {
+                            self.out.links.push((path, first));
+                            continue;
+                        }
+                        self.hard_links.insert((node.device, node.inode), self.out.files.len());
+                    }
+                    self.out.files.push(PlannedFile { path, node: node.clone() });
+                }
+                NodeKind::Symlink => {
+                    any = true;
+                    self.out.symlinks.push((path, node.clone()));
+                }
+            }
+        }
+        Ok(any)
+    }
+}
+
+/// Where one blob must be written.
+type Targets = Vec<(usize, u64)>;
+/// A pack and the blobs to take from it.
+type PackWork = (u32, Vec<(BlobId, Location)>);
+
+/// Restores `snapshot` into `dest` (created if missing).
+pub fn restore(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    dest: &Path,
+    options: &RestoreOptions,
+) -> Result<RestoreSummary> {
+    let index = repo.load_index()?;
+    let mut planner = Planner {
+        loader: TreeLoader::new(repo, &index),
+        dest,
+        globs: build_globs(&options.include)?,
+        hard_links: HashMap::new(),
+        out: Plan::default(),
+    };
+    planner.plan(&snapshot.tree, b"", false)?;
+    let filtered = planner.globs.is_some();
+    let Plan { dirs, files, links, symlinks } = planner.out;
+    if filtered && files.is_empty() && dirs.is_empty() && symlinks.is_empty() {
+        return Err(Error::NotFound(format!("nothing in the snapshot matches {:?}", options.include)));
+    }
+    let mut summary = RestoreSummary::default();
+    std::fs::create_dir_all(dest).map_err(Error::io("create folder", dest))?;
+    for (path, _) in &dirs {
+        make_dir(path)?;
+    }
+    // Every blob → where it goes; every pack → which blobs it must give.
+    let mut wanted: HashMap<BlobId, Targets> = HashMap::new();
+    let progress = options.progress.clone().unwrap_or_default();
+    for (i, f) in files.iter().enumerate() {
+        let file = create_file(&f.path)?;
+        file.set_len(f.node.size).map_err(Error::io("resize", &f.path))?;
+        let mut offset = 0u64;
+        for chunk in &f.node.content {
+            if let Some(id) = chunk.0 {
+                wanted.entry(id).or_default().push((i, offset));
+            }
+            offset += chunk.1 as u64;
+        }
+        progress.bytes_total.fetch_add(f.node.size, Ordering::Relaxed);
+    }
+    progress.files_total.store(files.len() as u64, Ordering::Relaxed);
+    let mut by_pack: HashMap<u32, Vec<(BlobId, Location)>> = HashMap::new();
+    for id in wanted.keys() {
+        let (_, loc) = index.get(id).ok_or_else(|| Error::NotFound(format!("blob {id} in the index")))?;
+        by_pack.entry(loc.pack).or_default().push((*id, loc));
+    }
+    let queue: Mutex<Vec<PackWork>> = Mutex::new(by_pack.into_iter().collect());
+    let written = AtomicU64::new(0);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8) * 2;
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let Some((pack, blobs)) = queue.lock().expect("queue poisoned").pop() else { return };
+                    if first_error.lock().expect("error lock poisoned").is_some() {
+                        return;
+                    }
+                    let result = restore_pack(repo, &index, pack, blobs, &wanted, &files, &written, &progress);
+                    if let Err(e) = result {
+                        first_error.lock().expect("error lock poisoned").get_or_insert(e);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().expect("error lock poisoned") {
+        return Err(e);
+    }
+    summary.bytes = written.into_inner();
+    let as_root = is_root();
+    for f in &files {
+        if let Err(e) = set_metadata(&f.path, &f.node, as_root) {
+            summary.warnings.push(e.to_string());
+        }
+    }
+    for (path, first) in &links {
+        std::fs::hard_link(&files[*first].path, path).map_err(Error::io("hard link", path))?;
+    }
+    for (path, node) in &symlinks {
+        let target = node.link_target.as_deref().unwrap_or_default();
+        std::os::unix::fs::symlink(OsStr::from_bytes(target), path).map_err(Error::io("create symlink", path))?;
+        if as_root {
+            let _ = std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid));
+        }
+        let mtime = filetime_of(node);
+        if let Err(e) = filetime::set_symlink_file_times(path, mtime, mtime) {
+            summary.warnings.push(format!("set times of `{}`: {e}", path.display()));
+        }
+    }
+    // Folders last and deepest first, so writing into them does not bump their times.
+    for (path, node) in dirs.iter().rev() {
+        if let Err(e) = set_metadata(path, node, as_root) {
+            summary.warnings.push(e.to_string());
+        }
+    }
+    summary.files = (files.len() + links.len()) as u64;
+    summary.dirs = dirs.len() as u64;
+    summary.symlinks = symlinks.len() as u64;
+    Ok(summary)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn restore_pack(
+    repo: &Repository,
+    index: &Index,
+    pack: u32,
+    mut blobs: Vec<(BlobId, Location)>,
+    wanted: &HashMap<BlobId, Targets>,
+    files: &[PlannedFile],
+    written: &AtomicU64,
+    progress: &RestoreProgress,
+) -> Result<()> {
+    let pack_id = &index.packs[pack as usize].id;
+    let name = paths::pack(pack_id);
+    blobs.sort_by_key(|(_, loc)| loc.offset);
+    let mut open_files: HashMap<usize, File> = HashMap::new();
+    // Read runs of blobs that lie close together in one request.
+    let mut i = 0;
+    while i < blobs.len() {
+        let start = blobs[i].1.offset as u64;
+        let mut end = start + blobs[i].1.length as u64;
+        let mut j = i + 1;
+        while j < blobs.len() && (blobs[j].1.offset as u64) <= end + (256 << 10) {
+            end = end.max(blobs[j].1.offset as u64 + blobs[j].1.length as u64);
+            j += 1;
+        }
+        let bytes = repo.backend().read_range(&name, start, end - start)?;
+        for (id, loc) in &blobs[i..j] {
+            let from = (loc.offset as u64 - start) as usize;
+            let plain = repo.decode_blob(id, &bytes[from..from + loc.length as usize], loc.raw_length)?;
+            let zero = is_zero(&plain);
+            for &(file_no, offset) in &wanted[id] {
+                if !zero {
+                    let file = match open_files.entry(file_no) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => e.insert(open_for_write(&files[file_no].path)?),
+                    };
+                    file.write_all_at(&plain, offset).map_err(Error::io("write", &files[file_no].path))?;
+                }
+                written.fetch_add(plain.len() as u64, Ordering::Relaxed);
+                progress.bytes_done.fetch_add(plain.len() as u64, Ordering::Relaxed);
+            }
+        }
+        i = j;
+    }
+    Ok(())
+}
+
+fn make_dir(path: &Path) -> Result<()> {
+    match std::fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let meta = std::fs::symlink_metadata(path).map_err(Error::io("read", path))?;
+            if meta.is_dir() {
+                Ok(())
+            } else {
+                Err(Error::Refused(format!(
+                    "`{}` exists and is not a folder; refusing to restore through it",
+                    path.display()
+                )))
+            }
+        }
+        Err(e) => Err(Error::io("create folder", path)(e)),
+    }
+}
+
+fn create_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(Error::io("create", path))
+}
+
+fn open_for_write(path: &Path) -> Result<File> {
+    OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(Error::io("open", path))
+}
+
+fn filetime_of(node: &Node) -> filetime::FileTime {
+    filetime::FileTime::from_unix_time(
+        node.mtime_ns.div_euclid(1_000_000_000),
+        node.mtime_ns.rem_euclid(1_000_000_000) as u32,
+    )
+}
+
+fn is_root() -> bool {
+    std::env::var("USER").is_ok_and(|u| u == "root")
+        || std::fs::metadata("/proc/self").is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid() == 0
+        })
+}
+
+fn set_metadata(path: &Path, node: &Node, as_root: bool) -> Result<()> {
+    if as_root {
+        std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid)).map_err(Error::io("chown", path))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode & 0o7777))
+        .map_err(Error::io("chmod", path))?;
+    let mtime = filetime_of(node);
+    filetime::set_file_times(path, mtime, mtime).map_err(Error::io("set times", path))
+}

@@ -1,0 +1,1 @@
+//! Home of the data-path benchmarks; `make bench` drives `loadtests/bench.sh`.
