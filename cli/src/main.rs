@@ -133,6 +133,9 @@ enum RepoCommand {
         /// Default zstd level for backups (1-19)
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
         compression: i32,
+        /// Target pack size in MiB: larger packs mean fewer objects (cheaper on object stores)
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
+        pack_size_mib: u32,
     },
 }
 
@@ -278,9 +281,13 @@ fn print_json(value: &impl serde::Serialize) {
 fn run(cli: Cli) -> Result<u8> {
     let g = &cli.global;
     match cli.command {
-        Command::Repo { command: RepoCommand::Init { compression } } => {
+        Command::Repo { command: RepoCommand::Init { compression, pack_size_mib } } => {
             let pass = passphrase(g.password_file.as_ref(), "ARCA_PASSWORD", "--password-file")?;
-            let options = InitOptions { compression_level: compression, ..InitOptions::default() };
+            let options = InitOptions {
+                compression_level: compression,
+                pack_size: pack_size_mib << 20,
+                ..InitOptions::default()
+            };
             let repo = Repository::init(backend(g)?, &pass, &options)?;
             if g.json {
                 print_json(&serde_json::json!({ "id": repo.config().id, "repository": g.repo }));

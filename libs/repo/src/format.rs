@@ -291,7 +291,8 @@ pub struct LockFile {
     pub refreshed: chrono::DateTime<chrono::Utc>,
 }
 
-pub(crate) fn to_msgpack<T: Serialize>(value: &T) -> Vec<u8> {
+/// Encodes a tree, pack header or index file as stored.
+pub fn to_msgpack<T: Serialize>(value: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(value).expect("in-memory values always serialize")
 }
 

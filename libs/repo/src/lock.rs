@@ -41,11 +41,17 @@ pub fn live_leases(repo: &Repository) -> Result<Vec<(String, LockFile)>> {
             Err(Error::NotFound(_)) => continue,
             Err(e) => return Err(e),
         };
-        if now - lock.refreshed < stale_after() {
+        if now - lock.refreshed < stale_after() && !holder_is_gone(&lock) {
             out.push((name, lock));
         }
     }
     Ok(out)
+}
+
+/// A lease taken on this host by a process that no longer exists was left by a crash.
+fn holder_is_gone(lock: &LockFile) -> bool {
+    lock.hostname == gethostname::gethostname().to_string_lossy()
+        && !std::path::Path::new(&format!("/proc/{}", lock.pid)).exists()
 }
 
 /// Removes leases that are stale; returns how many.

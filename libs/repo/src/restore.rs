@@ -305,14 +305,17 @@ fn restore_pack(
         for (id, loc) in &blobs[i..j] {
             let from = (loc.offset as u64 - start) as usize;
             let plain = repo.decode_blob(id, &bytes[from..from + loc.length as usize], loc.raw_length)?;
-            let zero = is_zero(&plain);
+            let runs = nonzero_runs(&plain);
             for &(file_no, offset) in &wanted[id] {
-                if !zero {
+                if !runs.is_empty() {
                     let file = match open_files.entry(file_no) {
                         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                         std::collections::hash_map::Entry::Vacant(e) => e.insert(open_for_write(&files[file_no].path)?),
                     };
-                    file.write_all_at(&plain, offset).map_err(Error::io("write", &files[file_no].path))?;
+                    for run in &runs {
+                        file.write_all_at(&plain[run.clone()], offset + run.start as u64)
+                            .map_err(Error::io("write", &files[file_no].path))?;
+                    }
                 }
                 written.fetch_add(plain.len() as u64, Ordering::Relaxed);
                 progress.bytes_done.fetch_add(plain.len() as u64, Ordering::Relaxed);
@@ -321,6 +324,24 @@ fn restore_pack(
         i = j;
     }
     Ok(())
+}
+
+/// The parts of `data` to write: runs of 4 KiB pages that are not all zero. Skipping
+/// the zero pages leaves holes, so sparse files (and images) stay sparse.
+fn nonzero_runs(data: &[u8]) -> Vec<std::ops::Range<usize>> {
+    const PAGE: usize = 4096;
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, page) in data.chunks(PAGE).enumerate() {
+        if is_zero(page) {
+            continue;
+        }
+        let (start, end) = (i * PAGE, i * PAGE + page.len());
+        match runs.last_mut() {
+            Some(last) if last.end == start => last.end = end,
+            _ => runs.push(start..end),
+        }
+    }
+    runs
 }
 
 fn make_dir(path: &Path) -> Result<()> {
@@ -378,4 +399,19 @@ fn set_metadata(path: &Path, node: &Node, as_root: bool) -> Result<()> {
         .map_err(Error::io("chmod", path))?;
     let mtime = filetime_of(node);
     filetime::set_file_times(path, mtime, mtime).map_err(Error::io("set times", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nonzero_runs;
+
+    #[test]
+    fn zero_pages_are_skipped() {
+        let mut data = vec![0u8; 5 * 4096 + 100];
+        data[4096 + 7] = 1;
+        data[2 * 4096] = 2;
+        data[5 * 4096 + 99] = 3;
+        assert_eq!(nonzero_runs(&data), vec![4096..3 * 4096, 5 * 4096..5 * 4096 + 100]);
+        assert!(nonzero_runs(&[0u8; 10]).is_empty());
+    }
 }

@@ -1,0 +1,233 @@
+//! File-tree, incremental, image and stream backups.
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use arca_testkit::Backend;
+
+use crate::helpers::{Env, assert_same_tree, noise, restored, set_mode, write};
+use crate::on_every_backend;
+
+on_every_backend!(file_tree_round_trip, incremental_full_and_differential, image_backup, stream_backup);
+
+/// A tree with the awkward cases: modes, mtimes, symlinks, empty folders, a non-UTF-8
+/// name, hard links, a sparse file, a socket.
+fn awkward_tree(root: &Path) -> std::os::unix::net::UnixListener {
+    write(&root.join("docs/readme.txt"), b"hello arca\n");
+    write(&root.join("docs/big.bin"), &noise(3 << 20, 1));
+    write(&root.join("docs/text.log"), "a log line that repeats\n".repeat(50_000).as_bytes());
+    set_mode(&root.join("docs/readme.txt"), 0o640);
+    write(&root.join("bin/tool"), b"#!/bin/sh\necho hi\n");
+    set_mode(&root.join("bin/tool"), 0o755);
+    std::fs::create_dir_all(root.join("empty/nested")).unwrap();
+    std::os::unix::fs::symlink("../docs/readme.txt", root.join("bin/link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    let odd = root.join(std::ffi::OsStr::from_bytes(b"caf\xe9-latin1.txt"));
+    write(&odd, b"not utf-8 name");
+    std::fs::hard_link(root.join("docs/big.bin"), root.join("big-hardlink.bin")).unwrap();
+    let sparse = std::fs::File::create(root.join("sparse.img")).unwrap();
+    sparse.set_len(64 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"data in the middle", 32 << 20).unwrap();
+    let t = filetime::FileTime::from_unix_time(1_600_000_000, 123_456_789);
+    filetime::set_file_mtime(root.join("docs/readme.txt"), t).unwrap();
+    std::os::unix::net::UnixListener::bind(root.join("app.sock")).unwrap()
+}
+
+fn file_tree_round_trip(backend: Backend) {
+    let env = Env::init(backend);
+    let src = env.path("src");
+    let _socket = awkward_tree(&src);
+    let out = env.cmd().args(["backup", "--json", src.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("skipped socket"), "sockets are skipped with a warning: {stderr}");
+    let summary = crate::helpers::last_json(&String::from_utf8_lossy(&out.stdout));
+    for key in ["snapshot_id", "files_new", "files_changed", "files_unmodified", "bytes_read", "bytes_stored"] {
+        assert!(summary.get(key).is_some(), "summary lacks {key}: {summary}");
+    }
+    // The hard link is read once; random data stored once; the sparse file's zeros not at all.
+    let file_bytes: u64 = ["docs/readme.txt", "docs/big.bin", "docs/text.log", "bin/tool", "sparse.img"]
+        .iter()
+        .map(|f| src.join(f).metadata().unwrap().len())
+        .sum::<u64>()
+        + 14;
+    assert_eq!(summary["bytes_read"].as_u64().unwrap(), file_bytes, "{summary}");
+    let stored = summary["bytes_stored"].as_u64().unwrap();
+    assert!(stored > 3 << 20 && stored < (3 << 20) + (1 << 20), "stored {stored}");
+
+    let dest = env.path("restore");
+    env.ok(&["restore", "latest", "--target", dest.to_str().unwrap()]);
+    std::fs::remove_file(src.join("app.sock")).unwrap();
+    assert_same_tree(&src, &restored(&dest, &src));
+    let back = restored(&dest, &src);
+    let (a, b) = (back.join("docs/big.bin").metadata().unwrap(), back.join("big-hardlink.bin").metadata().unwrap());
+    assert_eq!(a.ino(), b.ino(), "hard links are restored as links");
+    let sparse = back.join("sparse.img").metadata().unwrap();
+    assert!(sparse.blocks() * 512 < 1 << 20, "sparse file stays sparse: {} blocks", sparse.blocks());
+
+    // ls shows the tree, including the non-UTF-8 name (lossily).
+    let listing = env.ok(&["ls", "latest", src.to_str().unwrap()]);
+    assert!(listing.contains("docs/readme.txt") && listing.contains("caf\u{fffd}-latin1.txt"), "{listing}");
+    let (_, err) = env.fails(&["ls", "latest", "/no/such/path"]);
+    assert!(err.contains("not found"), "{err}");
+}
+
+fn incremental_full_and_differential(backend: Backend) {
+    let env = Env::init(backend);
+    let src = env.path("src");
+    for i in 0..20 {
+        write(&src.join(format!("f{i:02}.txt")), format!("file {i}\n").repeat(1000).as_bytes());
+    }
+    write(&src.join("big.bin"), &noise(2 << 20, 7));
+    let full = env.json(&["backup", "--mode", "full", src.to_str().unwrap()]);
+    assert_eq!(full["files_new"], 21);
+
+    let first = env.backup(&[&src]);
+    assert_eq!((first["files_unmodified"].as_u64(), first["bytes_read"].as_u64()), (Some(21), Some(0)));
+
+    write(&src.join("f03.txt"), b"changed");
+    write(&src.join("new.txt"), b"brand new");
+    let second = env.backup(&[&src]);
+    assert_eq!(second["files_changed"], 1);
+    assert_eq!(second["files_new"], 1);
+    assert_eq!(second["files_unmodified"], 20);
+    assert_eq!(second["bytes_read"].as_u64().unwrap(), 7 + 9, "only changed files are read");
+
+    // Differential compares with the last full backup, not the last backup.
+    write(&src.join("f04.txt"), b"changed too");
+    let diff = env.json(&["backup", "--mode", "differential", src.to_str().unwrap()]);
+    assert_eq!((diff["files_changed"].as_u64(), diff["files_new"].as_u64()), (Some(2), Some(1)));
+
+    // Full reads everything again but stores (almost) nothing new: dedup.
+    let again = env.json(&["backup", "--mode", "full", src.to_str().unwrap()]);
+    assert_eq!(again["files_new"], 22);
+    assert!(again["bytes_read"].as_u64().unwrap() > 2 << 20);
+    assert!(again["bytes_stored"].as_u64().unwrap() < 64 << 10, "{again}");
+
+    // Another host name does not pick this host's snapshots as parent.
+    let other = env.json(&["backup", "--host", "elsewhere", src.to_str().unwrap()]);
+    assert_eq!(other["files_unmodified"], 0);
+    let tagged = env.json(&["backup", "--tag", "nightly", src.to_str().unwrap()]);
+    assert_eq!(tagged["files_unmodified"], 0, "no earlier snapshot has the tag");
+    let tagged = env.json(&["backup", "--tag", "nightly", src.to_str().unwrap()]);
+    assert_eq!(tagged["files_unmodified"], 22);
+    let snaps = env.json(&["snapshots"]);
+    assert_eq!(snaps.as_array().unwrap().len(), 8);
+    assert!(snaps.as_array().unwrap().iter().any(|s| s["tags"][0] == "nightly" && s["mode"] == "incremental"));
+}
+
+fn image_backup(backend: Backend) {
+    let env = Env::init(backend);
+    let image = env.path("disk.img");
+    let file = std::fs::File::create(&image).unwrap();
+    file.set_len(64 << 20).unwrap();
+    for block in [0u64, 5, 9] {
+        std::os::unix::fs::FileExt::write_all_at(&file, &noise(4 << 20, block), block * (4 << 20)).unwrap();
+    }
+    drop(file);
+    let first = env.json(&["backup", "--image", image.to_str().unwrap()]);
+    let stored = first["bytes_stored"].as_u64().unwrap();
+    assert!(stored > 12 << 20 && stored < 13 << 20, "only the 3 data blocks are stored: {stored}");
+
+    // Change one block: only that block is uploaded again.
+    let file = std::fs::OpenOptions::new().write(true).open(&image).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"changed", 5 * (4 << 20) + 100).unwrap();
+    drop(file);
+    let second = env.json(&["backup", "--image", image.to_str().unwrap()]);
+    let stored = second["bytes_stored"].as_u64().unwrap();
+    assert!(stored > 4 << 20 && stored < 5 << 20, "one block re-uploaded: {stored}");
+    let trees = second["dirs"].as_u64().unwrap() + 1;
+    assert_eq!(second["blobs_new"].as_u64().unwrap(), 1 + trees, "one data block, and the trees on its path");
+
+    let dest = env.path("out");
+    env.ok(&["restore", "latest", "--target", dest.to_str().unwrap()]);
+    let back = restored(&dest, &image);
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(&image).unwrap(), "image restored byte for byte");
+    let blocks = back.metadata().unwrap().blocks() * 512;
+    assert!(blocks < 14 << 20, "holes restored sparse: {blocks} bytes allocated");
+    let snaps = env.json(&["snapshots"]);
+    assert_eq!(snaps[0]["source_kind"], "image");
+}
+
+fn stream_backup(backend: Backend) {
+    let env = Env::init(backend);
+    let data = noise(5 << 20, 3);
+    let mut child = env
+        .cmd()
+        .args(["backup", "--stdin-name", "dump.bin", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), &data).unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(crate::helpers::last_json(&String::from_utf8_lossy(&out.stdout))["bytes_read"], 5 << 20);
+
+    let cmd = env.json(&[
+        "backup",
+        "--stdin-name",
+        "db.sql",
+        "--command",
+        "for i in $(seq 1 2000); do echo \"insert $i;\"; done",
+    ]);
+    assert_eq!(cmd["files_new"], 1);
+
+    // A failing command fails the backup and leaves no snapshot.
+    let before = env.snapshot_ids().len();
+    let (_, err) = env.fails(&["backup", "--stdin-name", "x", "--command", "echo partial; echo boom >&2; exit 3"]);
+    assert!(err.contains("boom"), "the command's error is shown: {err}");
+    assert_eq!(env.snapshot_ids().len(), before);
+
+    let dest = env.path("out");
+    env.ok(&["restore", "latest", "--target", dest.to_str().unwrap()]);
+    let sql = std::fs::read_to_string(dest.join("db.sql")).unwrap();
+    assert!(sql.starts_with("insert 1;\n") && sql.ends_with("insert 2000;\n"));
+    let ids = env.snapshot_ids();
+    let dest2 = env.path("out2");
+    env.ok(&["restore", &ids[0][..10], "--target", dest2.to_str().unwrap()]);
+    assert!(std::fs::read(dest2.join("dump.bin")).unwrap() == data);
+}
+
+#[test]
+fn unreadable_files_make_a_partial_snapshot_and_the_rest_is_kept() {
+    let env = Env::init(Backend::Fs);
+    let src = env.path("src");
+    write(&src.join("ok.txt"), b"fine");
+    // Reading /proc/self/mem at offset 0 fails with EIO, even for root.
+    let out = env.cmd().args(["backup", "--json", src.to_str().unwrap(), "/proc/self/mem"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "partial snapshot exit code");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/proc/self/mem") && stderr.contains("partial"), "{stderr}");
+    let snap = &env.json(&["snapshots"])[0];
+    assert_eq!(snap["partial"], true);
+    let dest = env.path("out");
+    env.ok(&["restore", "latest", "--target", dest.to_str().unwrap()]);
+    assert_eq!(std::fs::read(restored(&dest, &src).join("ok.txt")).unwrap(), b"fine");
+}
+
+#[test]
+fn progress_is_reported_as_json_lines() {
+    let env = Env::init(Backend::Fs);
+    let out = env.ok(&["backup", "--json", "--stdin-name", "slow", "--command", "printf a; sleep 2.5; printf b"]);
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.len() >= 2, "{out}");
+    assert!(lines[..lines.len() - 1].iter().all(|l| l["type"] == "progress" && l.get("bytes_per_second").is_some()));
+    assert_eq!(lines.last().unwrap()["type"], "summary");
+}
+
+#[test]
+fn bad_backup_arguments_are_refused() {
+    let env = Env::init(Backend::Fs);
+    let (_, err) = env.fails(&["backup"]);
+    assert!(err.contains("nothing to back up"), "{err}");
+    let (_, err) = env.fails(&["backup", "/does/not/exist"]);
+    assert!(err.contains("/does/not/exist"), "{err}");
+    let (_, err) = env.fails(&["backup", "--image", "/a", "/b"]);
+    assert!(err.contains("exactly one"), "{err}");
+    let (_, err) = env.fails(&["backup", "--stdin-name", "../escape"]);
+    assert!(err.contains("not a valid file name"), "{err}");
+    assert!(env.snapshot_ids().is_empty());
+}

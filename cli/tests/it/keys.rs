@@ -1,0 +1,71 @@
+//! Repository init and keys.
+
+use arca_testkit::Backend;
+
+use crate::helpers::Env;
+use crate::on_every_backend;
+
+on_every_backend!(init_wrong_passphrase_and_keys, init_twice_is_refused);
+
+fn init_wrong_passphrase_and_keys(backend: Backend) {
+    let env = Env::init(backend);
+    let before = env.objects();
+    assert!(before.contains("config"), "{before:?}");
+    assert_eq!(before.iter().filter(|o| o.starts_with("keys/")).count(), 1);
+
+    // A wrong passphrase is a clear error and writes nothing.
+    let (code, err) = env.fails(&["snapshots", "--password-file", "/dev/null"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("passphrase"), "{err}");
+    let out = env.cmd().args(["snapshots"]).env("ARCA_PASSWORD", "not it").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"));
+    assert_eq!(env.objects(), before, "a failed open must not write");
+
+    // A second key opens the same repository; keys list shows both, never key material.
+    let out = env.cmd().args(["key", "add", "--json"]).env("ARCA_NEW_PASSWORD", "second secret").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let added = crate::helpers::last_json(&String::from_utf8_lossy(&out.stdout))["id"].as_str().unwrap().to_string();
+    let keys = env.json(&["key", "list"]);
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(!serde_json::to_string(keys).unwrap().contains("wrapped"));
+    let second = |args: &[&str]| env.cmd().args(args).env("ARCA_PASSWORD", "second secret").output().unwrap();
+    assert!(second(&["snapshots"]).status.success(), "the new key opens the repository");
+
+    // Remove the first key with the second; then the first passphrase no longer opens it.
+    let first = keys.iter().find(|k| k["id"] != added.as_str()).unwrap()["id"].as_str().unwrap().to_string();
+    assert!(second(&["key", "remove", &first[..12]]).status.success());
+    let (_, err) = env.fails(&["snapshots"]);
+    assert!(err.contains("wrong passphrase"), "{err}");
+
+    // The last key cannot be removed.
+    let out = second(&["key", "remove", &added]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("last key"));
+    assert!(second(&["snapshots"]).status.success());
+}
+
+fn init_twice_is_refused(backend: Backend) {
+    let env = Env::init(backend);
+    let before = env.objects();
+    let (_, err) = env.fails(&["repo", "init"]);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(env.objects(), before);
+}
+
+#[test]
+fn bad_urls_and_missing_settings_are_clear_errors() {
+    let env = Env::new(Backend::Fs);
+    let out = env.cmd().args(["snapshots"]).env("ARCA_REPO", "ftp://x/y").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scheme"));
+    let out = env.cmd().args(["snapshots"]).env_remove("ARCA_REPO").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--repo"));
+    let out = env.cmd().args(["snapshots"]).env_remove("ARCA_PASSWORD").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ARCA_PASSWORD"));
+    let out = env.cmd().args(["snapshots"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no repository at"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one-line reason: {stderr}");
+}

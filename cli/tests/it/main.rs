@@ -1,0 +1,11 @@
+//! Black-box tests of the `arca` command: every scenario runs against a filesystem
+//! repository, a real S3-compatible server and Azurite.
+
+mod helpers;
+
+mod backup;
+mod check;
+mod crash;
+mod keys;
+mod prune;
+mod restore;
