@@ -3,6 +3,7 @@
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use arca_testkit::Backend;
 
@@ -230,4 +231,76 @@ fn bad_backup_arguments_are_refused() {
     let (_, err) = env.fails(&["backup", "--stdin-name", "../escape"]);
     assert!(err.contains("not a valid file name"), "{err}");
     assert!(env.snapshot_ids().is_empty());
+}
+
+on_every_backend!(nothing_readable_is_stored, concurrent_backups_dedup_against_each_other);
+
+/// Every object is sealed: no file name or content appears in the repository as plain text.
+fn nothing_readable_is_stored(backend: Backend) {
+    let env = Env::init(backend);
+    let src = env.path("src");
+    let marker = "arca-plaintext-marker-7f3a";
+    write(&src.join(format!("{marker}.txt")), marker.repeat(10).as_bytes());
+    write(&src.join("random.bin"), &noise(1 << 20, 9));
+    write(&src.join("text.txt"), "compressible text ".repeat(100_000).as_bytes());
+    let first = env.backup(&[&src]);
+    let backend_ = env.repo_backend();
+    for object in env.objects() {
+        let bytes = backend_.read(&object).unwrap();
+        assert!(!bytes.windows(marker.len()).any(|w| w == marker.as_bytes()), "`{object}` holds plaintext");
+    }
+    // Incompressible data is stored raw (with a small overhead); text is compressed, more
+    // so at a higher level.
+    let stored = first["bytes_stored"].as_u64().unwrap();
+    assert!(stored < (1 << 20) + (64 << 10), "random data is not inflated: {stored}");
+    let fast = env.json(&["backup", "--mode", "full", "--compression", "1", "--host", "a", src.to_str().unwrap()]);
+    assert!(fast["bytes_stored"].as_u64().unwrap() < 4096, "all deduplicated: {fast}");
+    let other = env.path("other");
+    let text: String = (0..200_000).map(|i| format!("line {} of a log with some words\n", i % 977)).collect();
+    write(&other.join("a.log"), text.as_bytes());
+    let one = env.json(&["backup", "--compression", "1", other.to_str().unwrap()]);
+    write(&other.join("a.log"), format!("{text}!").as_bytes());
+    let nineteen =
+        env.json(&["backup", "--mode", "full", "--compression", "19", "--host", "b", other.to_str().unwrap()]);
+    let (s1, s19) = (one["bytes_stored"].as_u64().unwrap(), nineteen["bytes_stored"].as_u64().unwrap());
+    assert!(s1 < text.len() as u64 / 4, "level 1 compresses: {s1} of {}", text.len());
+    assert!(s19 < s1, "level 19 ({s19}) beats level 1 ({s1})");
+}
+
+/// Two backups running at once see each other's index files and skip what the other stored.
+fn concurrent_backups_dedup_against_each_other(backend: Backend) {
+    let env = Env::new(backend);
+    env.ok(&["repo", "init", "--pack-size-mib", "1"]);
+    let (early, late) = (noise(16 << 20, 21), noise(6 << 20, 22));
+    let mut slow = env
+        .cmd()
+        .args(["backup", "--stdin-name", "stream.bin", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = slow.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, &early).unwrap();
+    // Wait until the slow backup has indexed some of what it uploaded.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !env.objects().iter().any(|o| o.starts_with("index/")) {
+        assert!(Instant::now() < deadline, "no index file appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Meanwhile a second backup stores the early data (mostly known) and the late data.
+    let src = env.path("src");
+    write(&src.join("early.bin"), &early);
+    write(&src.join("late.bin"), &late);
+    let fast = env.backup(&[&src]);
+    let fast_stored = fast["bytes_stored"].as_u64().unwrap();
+    assert!(fast_stored < (6 << 20) + (4 << 20), "the early data was deduplicated: {fast_stored}");
+    // The slow backup now reads the late data, which the other has stored meanwhile.
+    std::thread::sleep(Duration::from_secs(3));
+    std::io::Write::write_all(&mut stdin, &late).unwrap();
+    drop(stdin);
+    let out = slow.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let slow_stored = crate::helpers::last_json(&crate::helpers::text(&out.stdout))["bytes_stored"].as_u64().unwrap();
+    assert!(slow_stored < (16 << 20) + (2 << 20), "the late data was deduplicated: {slow_stored}");
+    assert!(env.ok(&["check", "--read-data"]).contains("no errors"));
 }

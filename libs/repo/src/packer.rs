@@ -111,6 +111,10 @@ impl Packer {
         }
         let handle = self.repo.backend().spawn_write(paths::pack(&id), data);
         self.in_flight.push_back((handle, record));
+        // Index what has finished uploading so far, so a crash loses little.
+        while self.in_flight.front().is_some_and(|(h, _)| h.is_finished()) {
+            self.finish_oldest_upload()?;
+        }
         Ok(())
     }
 
@@ -132,6 +136,15 @@ impl Packer {
         let name = self.repo.save_index(&file)?;
         self.stats.index_files.push(name);
         Ok(())
+    }
+
+    /// Called when no blob arrived for a while: index every finished upload now, so a
+    /// stalled or slow source does not keep uploaded packs unindexed.
+    pub fn idle(&mut self) -> Result<()> {
+        while self.in_flight.front().is_some_and(|(h, _)| h.is_finished()) {
+            self.finish_oldest_upload()?;
+        }
+        self.write_index()
     }
 
     /// Uploads the open packs, waits for every upload and writes the last index file.

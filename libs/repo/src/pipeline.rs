@@ -3,16 +3,18 @@
 //! compressed and sealed on a pool of threads and packed and uploaded by one packer thread.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 
 use crate::crypto::FLAG_ZSTD;
 use crate::error::{Error, Result};
-use crate::format::{BlobId, BlobKind};
+use crate::format::{BlobId, BlobKind, IndexFile, from_msgpack};
 use crate::packer::{Packer, PackerStats, SealedBlob};
-use crate::repository::{Index, Repository};
+use crate::repository::{Index, Repository, paths};
 
 struct RawBlob {
     id: BlobId,
@@ -23,12 +25,18 @@ struct RawBlob {
 /// Decides, once per id, whether a blob still has to be stored.
 struct Dedup {
     index: Arc<Index>,
+    /// Blobs other writers indexed while this run was going (see [`watch_other_writers`]).
+    others: RwLock<HashSet<BlobId>>,
     pending: Mutex<HashSet<BlobId>>,
 }
 
 impl Dedup {
+    fn known(&self, id: &BlobId) -> bool {
+        self.index.contains(id) || self.others.read().expect("dedup lock poisoned").contains(id)
+    }
+
     fn claim(&self, id: &BlobId) -> bool {
-        !self.index.contains(id) && self.pending.lock().expect("dedup lock poisoned").insert(*id)
+        !self.known(id) && self.pending.lock().expect("dedup lock poisoned").insert(*id)
     }
 }
 
@@ -52,7 +60,7 @@ impl BlobSink {
 
     /// Whether the repository (or this run) has the blob.
     pub fn has(&self, id: &BlobId) -> bool {
-        self.dedup.index.contains(id) || self.dedup.pending.lock().expect("dedup lock poisoned").contains(id)
+        self.dedup.known(id) || self.dedup.pending.lock().expect("dedup lock poisoned").contains(id)
     }
 }
 
@@ -65,6 +73,39 @@ pub struct Pipeline {
     sink: Option<BlobSink>,
     compressors: Vec<JoinHandle<()>>,
     packer: JoinHandle<Result<PackerStats>>,
+    stop_watch: Arc<AtomicBool>,
+    watcher: JoinHandle<()>,
+}
+
+/// How often a running backup looks for index files that concurrent writers added.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// Adds the blobs of index files that appear while this run goes on, so concurrent
+/// backups into one repository do not upload the same chunks twice.
+fn watch_other_writers(repo: Repository, dedup: Arc<Dedup>, stop: Arc<AtomicBool>) {
+    let mut seen: HashSet<String> = dedup.index.files.iter().cloned().collect();
+    let mut waited = Duration::ZERO;
+    let tick = Duration::from_millis(100);
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(tick);
+        waited += tick;
+        if waited < WATCH_EVERY {
+            continue;
+        }
+        waited = Duration::ZERO;
+        let Ok(listed) = repo.backend().list(paths::INDEX) else { continue };
+        for name in listed.into_iter().map(|l| format!("{}{}", paths::INDEX, l.name)) {
+            if seen.contains(&name) {
+                continue;
+            }
+            // Our own index files list only blobs already pending; reading them is harmless.
+            if let Ok(file) = repo.load_object(&name).and_then(|b| from_msgpack::<IndexFile>(&b, &name)) {
+                let mut others = dedup.others.write().expect("dedup lock poisoned");
+                others.extend(file.packs.iter().flat_map(|p| p.entries.iter().map(|e| e.id)));
+                seen.insert(name);
+            }
+        }
+    }
 }
 
 impl Pipeline {
@@ -86,14 +127,32 @@ impl Pipeline {
             .name("arca-packer".into())
             .spawn(move || {
                 let mut packer = Packer::new(&packer_repo);
-                for blob in rx_sealed {
-                    packer.add(blob)?;
+                loop {
+                    match rx_sealed.recv_timeout(Duration::from_secs(1)) {
+                        Ok(blob) => packer.add(blob)?,
+                        Err(RecvTimeoutError::Timeout) => packer.idle()?,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
                 }
                 packer.finish()
             })
             .expect("spawn packer thread");
-        let dedup = Arc::new(Dedup { index, pending: Mutex::new(HashSet::new()) });
-        Pipeline { sink: Some(BlobSink { repo: repo.clone(), dedup, tx: tx_raw }), compressors, packer }
+        let dedup = Arc::new(Dedup { index, others: RwLock::new(HashSet::new()), pending: Mutex::new(HashSet::new()) });
+        let stop_watch = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (repo, dedup, stop) = (repo.clone(), dedup.clone(), stop_watch.clone());
+            std::thread::Builder::new()
+                .name("arca-index-watch".into())
+                .spawn(move || watch_other_writers(repo, dedup, stop))
+                .expect("spawn index watcher")
+        };
+        Pipeline {
+            sink: Some(BlobSink { repo: repo.clone(), dedup, tx: tx_raw }),
+            compressors,
+            packer,
+            stop_watch,
+            watcher,
+        }
     }
 
     pub fn sink(&self) -> &BlobSink {
@@ -106,6 +165,8 @@ impl Pipeline {
         for handle in self.compressors.drain(..) {
             handle.join().expect("compressor thread panicked");
         }
+        self.stop_watch.store(true, Ordering::Relaxed);
+        self.watcher.join().expect("index watcher panicked");
         self.packer.join().expect("packer thread panicked")
     }
 }
