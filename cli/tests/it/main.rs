@@ -6,6 +6,7 @@ mod helpers;
 mod backup;
 mod check;
 mod crash;
+mod deps;
 mod keys;
 mod prune;
 mod restore;
