@@ -228,8 +228,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// The error and its causes on one line, skipping a cause its parent already quotes.
 fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}").replace('\n', " ")
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.ends_with(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line.replace('\n', " ")
 }
 
 fn target_options(g: &Global) -> Result<TargetOptions> {

@@ -154,16 +154,9 @@ fn image_backup(backend: Backend) {
 fn stream_backup(backend: Backend) {
     let env = Env::init(backend);
     let data = noise(5 << 20, 3);
-    let mut child = env
-        .cmd()
-        .args(["backup", "--stdin-name", "dump.bin", "--json"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), &data).unwrap();
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
+    let mut child = env.spawn(&["backup", "--stdin-name", "dump.bin", "--json"]);
+    std::io::Write::write_all(&mut child.stdin(), &data).unwrap();
+    let out = child.wait_with_output();
     assert!(out.status.success());
     assert_eq!(crate::helpers::last_json(&String::from_utf8_lossy(&out.stdout))["bytes_read"], 5 << 20);
 
@@ -272,14 +265,8 @@ fn concurrent_backups_dedup_against_each_other(backend: Backend) {
     let env = Env::new(backend);
     env.ok(&["repo", "init", "--pack-size-mib", "1"]);
     let (early, late) = (noise(16 << 20, 21), noise(6 << 20, 22));
-    let mut slow = env
-        .cmd()
-        .args(["backup", "--stdin-name", "stream.bin", "--json"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = slow.stdin.take().unwrap();
+    let mut slow = env.spawn(&["backup", "--stdin-name", "stream.bin", "--json"]);
+    let mut stdin = slow.stdin();
     std::io::Write::write_all(&mut stdin, &early).unwrap();
     // Wait until the slow backup has indexed some of what it uploaded.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -298,7 +285,7 @@ fn concurrent_backups_dedup_against_each_other(backend: Backend) {
     std::thread::sleep(Duration::from_secs(3));
     std::io::Write::write_all(&mut stdin, &late).unwrap();
     drop(stdin);
-    let out = slow.wait_with_output().unwrap();
+    let out = slow.wait_with_output();
     assert!(out.status.success());
     let slow_stored = crate::helpers::last_json(&crate::helpers::text(&out.stdout))["bytes_stored"].as_u64().unwrap();
     assert!(slow_stored < (16 << 20) + (2 << 20), "the late data was deduplicated: {slow_stored}");

@@ -185,3 +185,32 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
         }
     }
 }
+
+/// A running `arca` that is killed if the test fails before waiting for it.
+pub struct Running(Option<std::process::Child>);
+
+impl Running {
+    pub fn stdin(&mut self) -> std::process::ChildStdin {
+        self.0.as_mut().expect("running").stdin.take().expect("stdin is piped")
+    }
+
+    pub fn wait_with_output(mut self) -> Output {
+        self.0.take().expect("running").wait_with_output().expect("wait for arca")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Env {
+    /// Starts `arca args…` with piped stdin and stdout.
+    pub fn spawn(&self, args: &[&str]) -> Running {
+        Running(Some(self.cmd().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawn arca")))
+    }
+}

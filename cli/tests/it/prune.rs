@@ -53,14 +53,8 @@ fn forget_and_prune_free_space_and_keep_what_is_used(backend: Backend) {
 /// A backup holds a shared lease while it runs: prune must refuse, not delete its packs.
 fn prune_waits_for_backups(backend: Backend) {
     let env = Env::init(backend);
-    let mut backup = env
-        .cmd()
-        .args(["backup", "--stdin-name", "slow.bin", "--json"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = backup.stdin.take().unwrap();
+    let mut backup = env.spawn(&["backup", "--stdin-name", "slow.bin", "--json"]);
+    let mut stdin = backup.stdin();
     std::io::Write::write_all(&mut stdin, &noise(1 << 20, 5)).unwrap();
     // Wait until the backup holds its lease.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -75,7 +69,7 @@ fn prune_waits_for_backups(backend: Backend) {
     write(&src.join("f"), b"concurrent");
     env.backup(&[&src]);
     drop(stdin);
-    let out = backup.wait_with_output().unwrap();
+    let out = backup.wait_with_output();
     assert!(out.status.success());
     assert_eq!(env.snapshot_ids().len(), 2);
     assert!(!env.objects().iter().any(|o| o.starts_with("locks/")), "leases are released");

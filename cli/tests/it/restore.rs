@@ -130,3 +130,24 @@ fn crafted_snapshots_cannot_escape(backend: Backend) {
     env.ok(&["restore", &ok[..16], "--target", dest3.to_str().unwrap()]);
     assert_eq!(std::fs::read_link(dest3.join("l")).unwrap(), std::path::Path::new("/etc/passwd"));
 }
+
+/// Thousands of small files share one pack; restoring them must not run out of file handles.
+#[test]
+fn many_small_files_from_one_pack() {
+    let env = Env::init(Backend::Fs);
+    let src = env.path("src");
+    for i in 0..3000 {
+        write(&src.join(format!("d{}/f{i}.txt", i % 7)), format!("small {i}").as_bytes());
+    }
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let dest = env.path("out");
+    // Run the restore with a low open-file limit, as many systems have.
+    let script = format!("ulimit -n 256 && exec \"$0\" restore latest --target {}", dest.display());
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script, env!("CARGO_BIN_EXE_arca")])
+        .envs(env.cmd().get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", crate::helpers::text(&out.stderr));
+    crate::helpers::assert_same_tree(&src, &restored(&dest, &src));
+}

@@ -306,8 +306,9 @@ impl<'a> Run<'a> {
                 let rx = rx_jobs.clone();
                 let (sink, progress, results, chunker) = (self.sink.clone(), self.progress.clone(), &results, &chunker);
                 scope.spawn(move || {
+                    let mut buf = Vec::new();
                     for job in rx {
-                        let result = read_file(&job.path, image, chunker, &sink, &progress);
+                        let result = read_file(&job.path, image, chunker, &mut buf, &sink, &progress);
                         progress.files_done.fetch_add(1, Ordering::Relaxed);
                         results.lock().expect("results lock poisoned").push((job.job, result));
                     }
@@ -542,7 +543,7 @@ impl<'a> Run<'a> {
     fn back_up_stream(&mut self, name: &str, reader: impl Read) -> Result<BlobId> {
         let chunker = Chunker::new(&self.repo.config().chunker);
         let mut content = Vec::new();
-        let size = chunker.chunk_reader::<_, Error>(reader, |chunk| {
+        let size = chunker.chunk_reader::<_, Error>(reader, &mut Vec::new(), |chunk| {
             content.push(store_chunk(&self.sink, chunk)?);
             self.progress.bytes_done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             Ok(())
@@ -614,7 +615,14 @@ fn store_chunk(sink: &BlobSink, chunk: &[u8]) -> Result<ChunkRef> {
     Ok(ChunkRef(Some(sink.store(BlobKind::Data, chunk)?), chunk.len() as u32))
 }
 
-fn read_file(path: &Path, image: bool, chunker: &Chunker, sink: &BlobSink, progress: &Progress) -> FileResult {
+fn read_file(
+    path: &Path,
+    image: bool,
+    chunker: &Chunker,
+    buf: &mut Vec<u8>,
+    sink: &BlobSink,
+    progress: &Progress,
+) -> FileResult {
     let file = File::open(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
     let mut content = Vec::new();
     let on_chunk = |chunk: &[u8]| -> Result<()> {
@@ -622,7 +630,8 @@ fn read_file(path: &Path, image: bool, chunker: &Chunker, sink: &BlobSink, progr
         progress.bytes_done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         Ok(())
     };
-    let read = if image { fixed_blocks(file, IMAGE_BLOCK, on_chunk) } else { chunker.chunk_reader(file, on_chunk) };
+    let read =
+        if image { fixed_blocks(file, IMAGE_BLOCK, on_chunk) } else { chunker.chunk_reader(file, buf, on_chunk) };
     match read {
         Ok(size) => Ok((content, size)),
         Err(e @ Error::Io { .. }) => Err(format!("cannot read `{}`: {e}", path.display())),

@@ -50,13 +50,17 @@ impl Chunker {
     }
 
     /// Reads `reader` to its end and calls `on_chunk` with each chunk in order.
-    /// Returns the number of bytes read.
+    /// Returns the number of bytes read. `buf` is scratch space, reused across calls so
+    /// that many small files do not each pay for a fresh buffer.
     pub fn chunk_reader<R: Read, E: From<io::Error>>(
         &self,
         mut reader: R,
+        buf: &mut Vec<u8>,
         mut on_chunk: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<u64, E> {
-        let mut buf = vec![0u8; self.max * 2];
+        if buf.len() < self.max * 2 {
+            buf.resize(self.max * 2, 0);
+        }
         let (mut start, mut end, mut eof, mut total) = (0usize, 0usize, false, 0u64);
         loop {
             // Fill until a whole maximum-size chunk is buffered or the input ends.
@@ -157,7 +161,7 @@ mod tests {
         }
         let mut out = Vec::new();
         Chunker::new(&params())
-            .chunk_reader::<_, io::Error>(Trickle(data, read_size), |c| {
+            .chunk_reader::<_, io::Error>(Trickle(data, read_size), &mut Vec::new(), |c| {
                 out.push(c.to_vec());
                 Ok(())
             })

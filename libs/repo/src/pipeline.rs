@@ -110,8 +110,8 @@ fn watch_other_writers(repo: Repository, dedup: Arc<Dedup>, stop: Arc<AtomicBool
 
 impl Pipeline {
     pub fn start(repo: &Repository, index: Arc<Index>, level: i32, threads: usize) -> Pipeline {
-        let (tx_raw, rx_raw) = bounded::<RawBlob>(threads * 4);
-        let (tx_sealed, rx_sealed) = bounded::<SealedBlob>(threads * 4);
+        let (tx_raw, rx_raw) = bounded::<RawBlob>(threads * 2);
+        let (tx_sealed, rx_sealed) = bounded::<SealedBlob>(threads * 2);
         let compressors = (0..threads.max(1))
             .map(|_| {
                 let (rx, tx, repo) = (rx_raw.clone(), tx_sealed.clone(), repo.clone());

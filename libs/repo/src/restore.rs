@@ -308,6 +308,10 @@ fn restore_pack(
             let runs = nonzero_runs(&plain);
             for &(file_no, offset) in &wanted[id] {
                 if !runs.is_empty() {
+                    // A pack may feed thousands of small files: keep few open at a time.
+                    if open_files.len() >= 64 && !open_files.contains_key(&file_no) {
+                        open_files.clear();
+                    }
                     let file = match open_files.entry(file_no) {
                         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                         std::collections::hash_map::Entry::Vacant(e) => e.insert(open_for_write(&files[file_no].path)?),
