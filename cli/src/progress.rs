@@ -1,48 +1,31 @@
 //! Live progress: a bar on a terminal (bytes, files, rate, ETA), JSON lines with `--json`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arca_repo::Progress;
 use arca_repo::restore::RestoreProgress;
+use arca_repo::ticker::Ticker;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// Stops the reporter thread when dropped.
+/// Stops reporting (and clears the bar) when dropped.
 pub struct Reporter {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    ticker: Option<Ticker>,
+    bar: Option<ProgressBar>,
 }
 
 impl Drop for Reporter {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        drop(self.ticker.take());
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
         }
     }
 }
 
-fn spawn(tick: Duration, mut on_tick: impl FnMut(bool) + Send + 'static) -> Reporter {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let thread = std::thread::spawn(move || {
-        let mut last = Instant::now();
-        while !flag.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(50));
-            if last.elapsed() >= tick {
-                last = Instant::now();
-                on_tick(false);
-            }
-        }
-        on_tick(true);
-    });
-    Reporter { stop, thread: Some(thread) }
-}
-
-fn bar(len: u64) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr_with_hz(5));
+fn bar() -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(5));
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}")
             .expect("valid template"),
@@ -54,19 +37,13 @@ fn bar(len: u64) -> ProgressBar {
 pub fn show_backup(json: bool, quiet: bool, p: Arc<Progress>) -> Option<Reporter> {
     let started = Instant::now();
     if json {
-        return Some(spawn(Duration::from_secs(1), move |last| {
-            if last {
-                return;
-            }
+        let ticker = Ticker::every(Duration::from_secs(1), "arca-progress", move || {
             let done = p.bytes_done.load(Ordering::Relaxed);
             let total = p.bytes_total.load(Ordering::Relaxed);
             let secs = started.elapsed().as_secs_f64();
             let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
-            let eta = if rate > 0.0 && p.walk_finished.load(Ordering::Relaxed) {
-                Some(((total.saturating_sub(done)) as f64 / rate).round() as u64)
-            } else {
-                None
-            };
+            let eta = (rate > 0.0 && p.walk_finished.load(Ordering::Relaxed))
+                .then(|| (total.saturating_sub(done) as f64 / rate).round() as u64);
             println!(
                 "{}",
                 serde_json::json!({
@@ -79,25 +56,24 @@ pub fn show_backup(json: bool, quiet: bool, p: Arc<Progress>) -> Option<Reporter
                     "eta_seconds": eta,
                 })
             );
-        }));
+        });
+        return Some(Reporter { ticker: Some(ticker), bar: None });
     }
     if quiet {
         return None;
     }
-    let bar = bar(0);
-    Some(spawn(Duration::from_millis(200), move |last| {
-        if last {
-            bar.finish_and_clear();
-            return;
-        }
-        bar.set_length(p.bytes_total.load(Ordering::Relaxed));
-        bar.set_position(p.bytes_done.load(Ordering::Relaxed));
-        bar.set_message(format!(
+    let bar = bar();
+    let shown = bar.clone();
+    let ticker = Ticker::every(Duration::from_millis(200), "arca-progress", move || {
+        shown.set_length(p.bytes_total.load(Ordering::Relaxed));
+        shown.set_position(p.bytes_done.load(Ordering::Relaxed));
+        shown.set_message(format!(
             "{}/{} files",
             p.files_done.load(Ordering::Relaxed),
             p.files_total.load(Ordering::Relaxed)
         ));
-    }))
+    });
+    Some(Reporter { ticker: Some(ticker), bar: Some(bar) })
 }
 
 /// Shows restore progress on a terminal.
@@ -105,13 +81,11 @@ pub fn show_restore(quiet: bool, p: Arc<RestoreProgress>) -> Option<Reporter> {
     if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         return None;
     }
-    let bar = bar(0);
-    Some(spawn(Duration::from_millis(200), move |last| {
-        if last {
-            bar.finish_and_clear();
-            return;
-        }
-        bar.set_length(p.bytes_total.load(Ordering::Relaxed));
-        bar.set_position(p.bytes_done.load(Ordering::Relaxed));
-    }))
+    let bar = bar();
+    let shown = bar.clone();
+    let ticker = Ticker::every(Duration::from_millis(200), "arca-progress", move || {
+        shown.set_length(p.bytes_total.load(Ordering::Relaxed));
+        shown.set_position(p.bytes_done.load(Ordering::Relaxed));
+    });
+    Some(Reporter { ticker: Some(ticker), bar: Some(bar) })
 }

@@ -85,6 +85,7 @@ pub fn backup(repo: &Repository, source: BackupSource, options: &BackupOptions) 
     let started = Instant::now();
     let _lease = Lease::acquire(repo, false, "backup")?;
     let index = Arc::new(repo.load_index()?);
+    tracing::debug!(elapsed = ?started.elapsed(), blobs = index.blobs.len(), "index loaded");
     let hostname =
         options.hostname.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
     let (kind, paths) = match &source {
@@ -137,7 +138,9 @@ pub fn backup(repo: &Repository, source: BackupSource, options: &BackupOptions) 
             return Err(e);
         }
     };
+    tracing::debug!(elapsed = ?started.elapsed(), "files and trees handed to the pipeline");
     let stats = pipeline.finish()?;
+    tracing::debug!(elapsed = ?started.elapsed(), packs = stats.packs, "packs uploaded and indexed");
     let warnings = warnings.into_inner().expect("warnings lock poisoned");
     summary.bytes_stored = stats.bytes;
     summary.blobs_new = stats.blobs;
@@ -326,6 +329,7 @@ impl<'a> Run<'a> {
             for path in paths {
                 self.add_path(&mut walk, path)?;
             }
+            tracing::debug!(jobs = walk.job_count, "walk finished");
             self.progress.walk_finished.store(true, Ordering::Relaxed);
             let (closed, _) = bounded(0);
             drop(std::mem::replace(&mut walk.jobs, closed));

@@ -45,6 +45,7 @@ pub mod pipeline;
 pub mod prune;
 pub mod repository;
 pub mod restore;
+pub mod ticker;
 
 pub use backend::{Backend, Target, TargetOptions};
 pub use backup::{BackupOptions, BackupOutcome, BackupSource, Progress, backup};

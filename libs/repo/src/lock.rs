@@ -3,14 +3,12 @@
 //! while its holder works; one not refreshed for [`STALE_AFTER`] belongs to a dead
 //! process and is ignored.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::format::LockFile;
 use crate::repository::{Repository, paths};
+use crate::ticker::Ticker;
 
 /// A lease older than this without a refresh is stale.
 pub const STALE_AFTER: Duration = Duration::from_secs(120);
@@ -20,8 +18,7 @@ const REFRESH_EVERY: Duration = Duration::from_secs(30);
 pub struct Lease {
     repo: Repository,
     name: String,
-    stop: Arc<AtomicBool>,
-    refresher: Option<JoinHandle<()>>,
+    refresher: Option<Ticker>,
 }
 
 fn stale_after() -> chrono::Duration {
@@ -96,7 +93,7 @@ impl Lease {
         crate::crypto::random_bytes(&mut id);
         let name = format!("{}{}", paths::LOCKS, hex::encode(id));
         write_lock(repo, &name, &lock)?;
-        let mut lease = Lease { repo: repo.clone(), name, stop: Arc::new(AtomicBool::new(false)), refresher: None };
+        let mut lease = Lease { repo: repo.clone(), name, refresher: None };
         for (other_name, other) in live_leases(repo)? {
             if other_name != lease.name && (exclusive || other.exclusive) {
                 return Err(Error::Locked(describe(&other)));
@@ -107,20 +104,11 @@ impl Lease {
     }
 
     fn start_refresher(&mut self, mut lock: LockFile) {
-        let (repo, name, stop) = (self.repo.clone(), self.name.clone(), self.stop.clone());
-        self.refresher = Some(std::thread::spawn(move || {
-            let tick = Duration::from_millis(200);
-            let mut waited = Duration::ZERO;
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(tick);
-                waited += tick;
-                if waited >= REFRESH_EVERY {
-                    waited = Duration::ZERO;
-                    lock.refreshed = chrono::Utc::now();
-                    if let Err(e) = write_lock(&repo, &name, &lock) {
-                        tracing::warn!("cannot refresh lease {name}: {e}");
-                    }
-                }
+        let (repo, name) = (self.repo.clone(), self.name.clone());
+        self.refresher = Some(Ticker::every(REFRESH_EVERY, "arca-lease", move || {
+            lock.refreshed = chrono::Utc::now();
+            if let Err(e) = write_lock(&repo, &name, &lock) {
+                tracing::warn!("cannot refresh lease {name}: {e}");
             }
         }));
     }
@@ -133,10 +121,7 @@ fn write_lock(repo: &Repository, name: &str, lock: &LockFile) -> Result<()> {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(handle) = self.refresher.take() {
-            let _ = handle.join();
-        }
+        drop(self.refresher.take());
         if let Err(e) = self.repo.backend().delete(&self.name) {
             tracing::warn!("cannot remove lease {}: {e}", self.name);
         }

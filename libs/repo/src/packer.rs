@@ -11,7 +11,7 @@ use crate::format::{BlobId, BlobKind, IndexFile, IndexedPack, PackEntry, PackHea
 use crate::repository::{Repository, paths};
 
 /// Uploads allowed in flight at once (each holds one pack in memory).
-const MAX_IN_FLIGHT: usize = 3;
+const MAX_IN_FLIGHT: usize = 2;
 /// Uploaded packs collected before an index file is written.
 const PACKS_PER_INDEX: usize = 8;
 

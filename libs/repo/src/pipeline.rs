@@ -3,7 +3,6 @@
 //! compressed and sealed on a pool of threads and packed and uploaded by one packer thread.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -15,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::format::{BlobId, BlobKind, IndexFile, from_msgpack};
 use crate::packer::{Packer, PackerStats, SealedBlob};
 use crate::repository::{Index, Repository, paths};
+use crate::ticker::Ticker;
 
 struct RawBlob {
     id: BlobId,
@@ -73,8 +73,7 @@ pub struct Pipeline {
     sink: Option<BlobSink>,
     compressors: Vec<JoinHandle<()>>,
     packer: JoinHandle<Result<PackerStats>>,
-    stop_watch: Arc<AtomicBool>,
-    watcher: JoinHandle<()>,
+    watcher: Option<Ticker>,
 }
 
 /// How often a running backup looks for index files that concurrent writers added.
@@ -82,18 +81,10 @@ const WATCH_EVERY: Duration = Duration::from_secs(2);
 
 /// Adds the blobs of index files that appear while this run goes on, so concurrent
 /// backups into one repository do not upload the same chunks twice.
-fn watch_other_writers(repo: Repository, dedup: Arc<Dedup>, stop: Arc<AtomicBool>) {
+fn watch_other_writers(repo: Repository, dedup: Arc<Dedup>) -> Ticker {
     let mut seen: HashSet<String> = dedup.index.files.iter().cloned().collect();
-    let mut waited = Duration::ZERO;
-    let tick = Duration::from_millis(100);
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(tick);
-        waited += tick;
-        if waited < WATCH_EVERY {
-            continue;
-        }
-        waited = Duration::ZERO;
-        let Ok(listed) = repo.backend().list(paths::INDEX) else { continue };
+    Ticker::every(WATCH_EVERY, "arca-index-watch", move || {
+        let Ok(listed) = repo.backend().list(paths::INDEX) else { return };
         for name in listed.into_iter().map(|l| format!("{}{}", paths::INDEX, l.name)) {
             if seen.contains(&name) {
                 continue;
@@ -105,7 +96,7 @@ fn watch_other_writers(repo: Repository, dedup: Arc<Dedup>, stop: Arc<AtomicBool
                 seen.insert(name);
             }
         }
-    }
+    })
 }
 
 impl Pipeline {
@@ -138,21 +129,8 @@ impl Pipeline {
             })
             .expect("spawn packer thread");
         let dedup = Arc::new(Dedup { index, others: RwLock::new(HashSet::new()), pending: Mutex::new(HashSet::new()) });
-        let stop_watch = Arc::new(AtomicBool::new(false));
-        let watcher = {
-            let (repo, dedup, stop) = (repo.clone(), dedup.clone(), stop_watch.clone());
-            std::thread::Builder::new()
-                .name("arca-index-watch".into())
-                .spawn(move || watch_other_writers(repo, dedup, stop))
-                .expect("spawn index watcher")
-        };
-        Pipeline {
-            sink: Some(BlobSink { repo: repo.clone(), dedup, tx: tx_raw }),
-            compressors,
-            packer,
-            stop_watch,
-            watcher,
-        }
+        let watcher = Some(watch_other_writers(repo.clone(), dedup.clone()));
+        Pipeline { sink: Some(BlobSink { repo: repo.clone(), dedup, tx: tx_raw }), compressors, packer, watcher }
     }
 
     pub fn sink(&self) -> &BlobSink {
@@ -165,8 +143,7 @@ impl Pipeline {
         for handle in self.compressors.drain(..) {
             handle.join().expect("compressor thread panicked");
         }
-        self.stop_watch.store(true, Ordering::Relaxed);
-        self.watcher.join().expect("index watcher panicked");
+        drop(self.watcher.take());
         self.packer.join().expect("packer thread panicked")
     }
 }

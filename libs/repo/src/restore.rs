@@ -297,33 +297,42 @@ fn restore_pack(
         let start = blobs[i].1.offset as u64;
         let mut end = start + blobs[i].1.length as u64;
         let mut j = i + 1;
-        while j < blobs.len() && (blobs[j].1.offset as u64) <= end + (256 << 10) {
+        // Runs stay under 8 MiB so a worker never holds a whole pack in memory.
+        while j < blobs.len()
+            && (blobs[j].1.offset as u64) <= end + (256 << 10)
+            && blobs[j].1.offset as u64 + blobs[j].1.length as u64 - start <= 8 << 20
+        {
             end = end.max(blobs[j].1.offset as u64 + blobs[j].1.length as u64);
             j += 1;
         }
-        let bytes = repo.backend().read_range(&name, start, end - start)?;
+        let mut bytes = repo.backend().read_range(&name, start, end - start)?;
         for (id, loc) in &blobs[i..j] {
             let from = (loc.offset as u64 - start) as usize;
-            let plain = repo.decode_blob(id, &bytes[from..from + loc.length as usize], loc.raw_length)?;
-            let runs = nonzero_runs(&plain);
-            for &(file_no, offset) in &wanted[id] {
-                if !runs.is_empty() {
-                    // A pack may feed thousands of small files: keep few open at a time.
-                    if open_files.len() >= 64 && !open_files.contains_key(&file_no) {
-                        open_files.clear();
+            let sealed = &mut bytes[from..from + loc.length as usize];
+            repo.with_blob(id, sealed, loc.raw_length, |plain| -> Result<()> {
+                let runs = nonzero_runs(plain);
+                for &(file_no, offset) in &wanted[id] {
+                    if !runs.is_empty() {
+                        // A pack may feed thousands of small files: keep few open at a time.
+                        if open_files.len() >= 64 && !open_files.contains_key(&file_no) {
+                            open_files.clear();
+                        }
+                        let file = match open_files.entry(file_no) {
+                            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                            std::collections::hash_map::Entry::Vacant(e) => {
+                                e.insert(open_for_write(&files[file_no].path)?)
+                            }
+                        };
+                        for run in &runs {
+                            file.write_all_at(&plain[run.clone()], offset + run.start as u64)
+                                .map_err(Error::io("write", &files[file_no].path))?;
+                        }
                     }
-                    let file = match open_files.entry(file_no) {
-                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(e) => e.insert(open_for_write(&files[file_no].path)?),
-                    };
-                    for run in &runs {
-                        file.write_all_at(&plain[run.clone()], offset + run.start as u64)
-                            .map_err(Error::io("write", &files[file_no].path))?;
-                    }
+                    written.fetch_add(plain.len() as u64, Ordering::Relaxed);
+                    progress.bytes_done.fetch_add(plain.len() as u64, Ordering::Relaxed);
                 }
-                written.fetch_add(plain.len() as u64, Ordering::Relaxed);
-                progress.bytes_done.fetch_add(plain.len() as u64, Ordering::Relaxed);
-            }
+                Ok(())
+            })??;
         }
         i = j;
     }
