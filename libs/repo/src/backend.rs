@@ -214,6 +214,15 @@ impl Backend {
         &self.target
     }
 
+    /// Pack uploads worth keeping in flight (each holds a pack in memory): a local disk
+    /// gains nothing from more than one, an object store hides its latency with several.
+    pub fn write_concurrency(&self) -> usize {
+        match self.target {
+            Target::Fs { .. } => 1,
+            Target::S3 { .. } | Target::Azblob { .. } => 4,
+        }
+    }
+
     pub(crate) fn runtime(&self) -> &tokio::runtime::Runtime {
         &self.rt
     }

@@ -10,8 +10,6 @@ use crate::error::{Error, Result};
 use crate::format::{BlobId, BlobKind, IndexFile, IndexedPack, PackEntry, PackHeader, to_msgpack};
 use crate::repository::{Repository, paths};
 
-/// Uploads allowed in flight at once (each holds one pack in memory).
-const MAX_IN_FLIGHT: usize = 2;
 /// Uploaded packs collected before an index file is written.
 const PACKS_PER_INDEX: usize = 8;
 
@@ -106,7 +104,7 @@ impl Packer {
         let id = blake3::hash(&data).to_hex().to_string();
         let record = IndexedPack { id: id.clone(), size: data.len() as u64, entries };
         self.stats.packs += 1;
-        while self.in_flight.len() >= MAX_IN_FLIGHT {
+        while self.in_flight.len() >= self.repo.backend().write_concurrency() {
             self.finish_oldest_upload()?;
         }
         let handle = self.repo.backend().spawn_write(paths::pack(&id), data);
