@@ -213,7 +213,25 @@ struct ForgetArgs {
     prune: bool,
 }
 
+/// The pipeline allocates chunk-sized buffers on one thread and frees them on another.
+/// glibc gives every thread its own arena, and memory freed into one is not reused by the
+/// others: measured on the 2 GB benchmark, peak memory fell from 196 to 140 MiB and CPU
+/// time by a fifth with a single arena. Allocation is not frequent enough to contend.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn use_one_malloc_arena() {
+    // SAFETY: mallopt only sets an allocator parameter; it is called first thing in
+    // `main`, before any other thread exists, with a valid parameter and value.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn use_one_malloc_arena() {}
+
 fn main() -> ExitCode {
+    use_one_malloc_arena();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ARCA_LOG").unwrap_or_else(|_| "error".into()))

@@ -69,3 +69,40 @@ fn bad_urls_and_missing_settings_are_clear_errors() {
     assert!(stderr.contains("no repository at"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one-line reason: {stderr}");
 }
+
+/// Endpoint and credentials can come from a config file instead of the environment.
+#[test]
+fn object_store_settings_from_a_config_file() {
+    for backend in [Backend::S3, Backend::Azure] {
+        let env = Env::new(backend);
+        let settings = env.target.env_map();
+        let toml = match backend {
+            Backend::S3 => format!(
+                "s3_endpoint = \"{}\"\ns3_region = \"us-east-1\"\ns3_access_key_id = \"{}\"\ns3_secret_access_key = \"{}\"\n",
+                settings["AWS_ENDPOINT_URL"], settings["AWS_ACCESS_KEY_ID"], settings["AWS_SECRET_ACCESS_KEY"]
+            ),
+            _ => format!(
+                "azure_endpoint = \"{}\"\nazure_account = \"{}\"\nazure_key = \"{}\"\n",
+                settings["AZURE_STORAGE_ENDPOINT"], settings["AZURE_STORAGE_ACCOUNT"], settings["AZURE_STORAGE_KEY"]
+            ),
+        };
+        let config = env.path("arca.toml");
+        std::fs::write(&config, toml).unwrap();
+        let bare = |args: &[&str]| {
+            let mut cmd = env.cmd();
+            for key in settings.keys() {
+                cmd.env_remove(key);
+            }
+            cmd.args(args).output().unwrap()
+        };
+        let out = bare(&["snapshots"]);
+        assert!(!out.status.success(), "without settings the target cannot be reached");
+        let out = bare(&["--config", config.to_str().unwrap(), "repo", "init"]);
+        assert!(out.status.success(), "{}", crate::helpers::text(&out.stderr));
+        let out = bare(&["--config", config.to_str().unwrap(), "snapshots", "--json"]);
+        assert!(out.status.success(), "{}", crate::helpers::text(&out.stderr));
+        std::fs::write(&config, "s3_endpoint = 42\n").unwrap();
+        let out = bare(&["--config", config.to_str().unwrap(), "snapshots"]);
+        assert!(crate::helpers::text(&out.stderr).contains("config file"), "{}", crate::helpers::text(&out.stderr));
+    }
+}
