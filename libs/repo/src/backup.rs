@@ -355,7 +355,8 @@ impl<'a> Run<'a> {
             })
             .collect();
         let Some((leaf, ancestors)) = components.split_last() else {
-            return Err(Error::Refused("backing up `/` itself needs a path below it".into()));
+            // The whole file system: its entries go straight into the snapshot's root.
+            return self.walk_dir(walk, 0, path);
         };
         for name in ancestors {
             so_far.push(name);
