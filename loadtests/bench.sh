@@ -6,11 +6,11 @@
 #   -r  runs per tool; the table shows medians (default 3)
 #   -w  work dir for dataset, repositories and restores (default ${TMPDIR:-/tmp}/arca-bench)
 #   --no-restic  measure Arca only, even if restic is on PATH
-#   --keep       keep the repositories and restores of the last run
+#   --keep       keep the repositories of the last run (restores are always removed)
 # Environment: ARCA_BIN=/path/to/arca skips the build and uses that binary.
 #
 # Per tool and run, on a fresh copy of the dataset at the same absolute path:
-#   init (untimed); backup 1 (initial); backup 2 (no change); mutate ~5% of the files;
+#   init (recorded, not tabled); backup 1 (initial); backup 2 (no change); mutate ~5% of the files;
 #   backup 3 (after mutate); repository size; restore latest; verify the restored tree
 #   against a checksum manifest of the mutated dataset; check --read-data.
 # Runs are interleaved (run 1 of every tool, then run 2, ...) so that a noisy neighbour or
@@ -55,6 +55,10 @@ if [ -z "${ARCA_BIN:-}" ]; then
   ARCA_BIN=$CARGO_TARGET_DIR/release/arca
 fi
 [ -x "$ARCA_BIN" ] || { say "no arca binary at $ARCA_BIN"; exit 1; }
+# The build cache is shared by every checkout on the machine, so another checkout's build can
+# replace release/arca in the middle of a run: measure a private copy of what was built.
+cp "$ARCA_BIN" "$WORK/arca.bin"; ARCA_BIN=$WORK/arca.bin
+ARCA_REV=$(cd "$REPO_ROOT" && git describe --always --dirty 2>/dev/null || echo unknown)
 
 # ------------------------------------------------------------------ dataset
 # Everything below is deterministic: the same SIZE_MB gives byte-identical files (same
@@ -203,12 +207,14 @@ GEN_VERSION=1 # bump when the generator changes, so cached datasets are rebuilt
 PRISTINE=$WORK/data-${SIZE_MB}mb MUTATED=$WORK/data-${SIZE_MB}mb-mutated
 if [ "$(cat "$PRISTINE.done" 2>/dev/null)" != "$GEN_VERSION" ]; then
   say "generating the ${SIZE_MB} MB dataset in $PRISTINE (once; kept for later runs)"
-  rm -rf "$PRISTINE" "$MUTATED" "$PRISTINE.done"
+  rm -rf "$PRISTINE" "$MUTATED" "$PRISTINE.done" "$MUTATED".*.manifest
   gen_dataset "$PRISTINE"
   cp -a "$PRISTINE" "$MUTATED"; mutate "$MUTATED"
-  manifest "$MUTATED" >"$MUTATED.manifest"
   echo "$GEN_VERSION" >"$PRISTINE.done"
 fi
+# Named after the hasher: a manifest made with b3sum cannot check a restore hashed with sha256sum.
+MANIFEST=$MUTATED.$(hasher).manifest
+[ -s "$MANIFEST" ] || manifest "$MUTATED" >"$MANIFEST"
 SRC_BYTES=$(sum_bytes "$PRISTINE") SRC_FILES=$(find "$PRISTINE" -type f | wc -l)
 MUT_BYTES=$(sum_bytes "$MUTATED")
 say "dataset: $SRC_FILES files, $SRC_BYTES bytes ($(du -s --block-size=1 "$PRISTINE" | cut -f1) allocated on disk); after mutate $MUT_BYTES bytes"
@@ -279,7 +285,7 @@ run_tool() {
   "${TOOL}_restore" restore "$repo" "$RESTORE"
   # Both tools restore absolute source paths below the target.
   root=$RESTORE; [ -d "$RESTORE$SRC" ] && root=$RESTORE$SRC
-  if diff <(manifest "$root") "$MUTATED.manifest" >"$WORK/verify-$TOOL.diff"; then verify=OK; else
+  if diff <(manifest "$root") "$MANIFEST" >"$WORK/verify-$TOOL.diff"; then verify=OK; else
     say "VERIFY FAILED: $TOOL run $RUN: the restored tree differs from the source (first lines of $WORK/verify-$TOOL.diff):"
     head -n 5 "$WORK/verify-$TOOL.diff" | tee -a "$LOG" >&2
   fi
@@ -290,6 +296,7 @@ run_tool() {
 }
 
 printf 'tool\trun\tstep\twall_s\trss_kb\tcpu_s\trc\n' >"$TSV"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 for ((run = 1; run <= RUNS; run++)); do
   for tool in $TOOLS; do run_tool "$tool" "$run"; done
 done
@@ -334,13 +341,15 @@ report() {
       both("backup 1 (initial), s", "backup1", 2, "lower")
       rate("backup 1 throughput, MiB/s", "backup1", src)
       both("backup 1 CPU (user+sys), s", "backup1_cpu", 1, "lower")
+      a = med("arca" SUBSEP "backup1"); r = med("restic" SUBSEP "backup1")
+      row("backup 1 cores busy (CPU/wall)", a > 0 ? med("arca" SUBSEP "backup1_cpu") / a : "", r > 0 ? med("restic" SUBSEP "backup1_cpu") / r : "", 2, "–")
       both("backup 2 (no change), s", "backup2", 2, "lower")
       both("backup 3 (after mutate), s", "backup3", 2, "lower")
       both("restore, s", "restore", 2, "lower")
       rate("restore throughput, MiB/s", "restore", mut)
       both("check --read-data, s", "check", 2, "lower")
       both("repository size, MiB", "repo_bytes", 0, "lower", 1048576)
-      both("repository / source bytes", "repo_bytes", 3, "lower", mut)
+      both("repository / source bytes (after mutate)", "repo_bytes", 3, "lower", mut)
       both("backup 1 peak RSS, MiB", "backup1_rss", 0, "lower", 1024)
       both("restore peak RSS, MiB", "restore_rss", 0, "lower", 1024)
       both("peak RSS of any step, MiB", "peak_rss", 0, "lower", 1024)
@@ -354,7 +363,8 @@ report() {
   echo
   report
   echo
-  echo "- arca: $("$ARCA_BIN" --version | head -n1)"
+  echo "- arca: $("$ARCA_BIN" --version | head -n1) (git $ARCA_REV)"
+  echo "- load average (1/5/15 min) at the start: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg) — well above 0 means other work shared the cores"
   case " $TOOLS " in *" restic "*) echo "- $(restic version | head -n1)" ;; *) echo "- restic: not run (not on PATH or --no-restic)" ;; esac
   echo "- raw numbers: $TSV; log: $LOG"
 } | tee "$WORK/results.md"
