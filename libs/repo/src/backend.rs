@@ -214,11 +214,12 @@ impl Backend {
         &self.target
     }
 
-    /// Pack uploads worth keeping in flight (each holds a pack in memory): a local disk
-    /// gains nothing from more than one, an object store hides its latency with several.
+    /// Pack uploads worth keeping in flight (each holds a pack in memory): on a local disk
+    /// two, so one pack's fsync overlaps the next pack's writing; an object store hides its
+    /// latency with several.
     pub fn write_concurrency(&self) -> usize {
         match self.target {
-            Target::Fs { .. } => 1,
+            Target::Fs { .. } => 2,
             Target::S3 { .. } | Target::Azblob { .. } => 4,
         }
     }

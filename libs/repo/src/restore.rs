@@ -201,9 +201,12 @@ pub fn restore(
     // Every blob → where it goes; every pack → which blobs it must give.
     let mut wanted: HashMap<BlobId, Targets> = HashMap::new();
     let progress = options.progress.clone().unwrap_or_default();
-    for (i, f) in files.iter().enumerate() {
+    // Creating files is mostly file-system work in the kernel: spread it over the cores.
+    for_each_in_parallel(&files, |f| {
         let file = create_file(&f.path)?;
-        file.set_len(f.node.size).map_err(Error::io("resize", &f.path))?;
+        file.set_len(f.node.size).map_err(Error::io("resize", &f.path))
+    })?;
+    for (i, f) in files.iter().enumerate() {
         let mut offset = 0u64;
         for chunk in &f.node.content {
             if let Some(id) = chunk.0 {
@@ -245,11 +248,14 @@ pub fn restore(
     }
     summary.bytes = written.into_inner();
     let as_root = is_root();
-    for f in &files {
+    let failed = Mutex::new(Vec::new());
+    for_each_in_parallel(&files, |f| {
         if let Err(e) = set_metadata(&f.path, &f.node, as_root) {
-            summary.warnings.push(e.to_string());
+            failed.lock().expect("warnings lock poisoned").push(e.to_string());
         }
-    }
+        Ok(())
+    })?;
+    summary.warnings.extend(failed.into_inner().expect("warnings lock poisoned"));
     for (path, first) in &links {
         std::fs::hard_link(&files[*first].path, path).map_err(Error::io("hard link", path))?;
     }
@@ -355,6 +361,17 @@ fn nonzero_runs(data: &[u8]) -> Vec<std::ops::Range<usize>> {
         }
     }
     runs
+}
+
+/// Runs `work` on every item, split over the available cores; stops at the first error.
+fn for_each_in_parallel<T: Sync>(items: &[T], work: impl Fn(&T) -> Result<()> + Sync) -> Result<()> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8);
+    let per_thread = items.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> =
+            items.chunks(per_thread).map(|part| scope.spawn(|| part.iter().try_for_each(&work))).collect();
+        handles.into_iter().try_for_each(|h| h.join().expect("restore worker panicked"))
+    })
 }
 
 fn make_dir(path: &Path) -> Result<()> {
