@@ -293,3 +293,22 @@ fn concurrent_backups_dedup_against_each_other(backend: Backend) {
     assert!(slow_stored < (32 << 20) + (2 << 20), "the late data was deduplicated: {slow_stored}");
     assert!(env.ok(&["check", "--read-data"]).contains("no errors"));
 }
+
+/// On a terminal, a backup draws a progress bar with bytes, rate and ETA on stderr.
+#[test]
+fn progress_bar_on_a_terminal() {
+    let env = Env::init(Backend::Fs);
+    let arca = env!("CARGO_BIN_EXE_arca");
+    let inner = format!("{arca} backup --stdin-name slow --command 'head -c 3000000 /dev/zero; sleep 1.5; printf b'");
+    // `script` runs the command on a pseudo-terminal and copies what it draws to stdout.
+    let out = std::process::Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .envs(env.cmd().get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))))
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    let screen = crate::helpers::text(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains("B/s") && screen.contains("ETA") && screen.contains("files"), "no bar drawn: {screen:?}");
+    assert!(screen.contains("snapshot") && screen.contains("saved"), "{screen:?}");
+}
