@@ -57,11 +57,6 @@ impl BlobSink {
         }
         Ok(id)
     }
-
-    /// Whether the repository (or this run) has the blob.
-    pub fn has(&self, id: &BlobId) -> bool {
-        self.dedup.known(id) || self.dedup.pending.lock().expect("dedup lock poisoned").contains(id)
-    }
 }
 
 fn pipeline_stopped() -> Error {

@@ -405,10 +405,6 @@ impl Repository {
         self.decode_blob(id, &sealed, loc.raw_length)
     }
 
-    pub fn load_tree(&self, index: &Index, id: &BlobId) -> Result<Tree> {
-        from_msgpack(&self.read_blob(index, id)?, &format!("tree {id}"))
-    }
-
     // ------------------------------------------------------------------ snapshots
 
     /// Every snapshot, by id.
@@ -448,13 +444,6 @@ impl Repository {
     /// Stores a snapshot manifest; returns its id.
     pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<String> {
         self.save_object(paths::SNAPSHOTS, &serde_json::to_vec(snapshot).expect("snapshot serializes"))
-    }
-
-    /// Replaces a snapshot manifest under the same id (used to lock one).
-    pub fn rewrite_snapshot(&self, id: &str, snapshot: &Snapshot) -> Result<()> {
-        let plain = serde_json::to_vec(snapshot).expect("snapshot serializes");
-        let compressed = zstd::bulk::compress(&plain, 3).map_err(Error::io("compress", id))?;
-        self.backend().write(&format!("{}{id}", paths::SNAPSHOTS), self.data_key().seal(FLAG_ZSTD, &compressed))
     }
 
     pub fn delete_snapshot(&self, id: &str) -> Result<()> {
