@@ -280,7 +280,8 @@ fn unchanged(old: &Node, new: &Node) -> bool {
 struct Walk<'w> {
     dirs: Vec<DirBuild>,
     jobs: crossbeam_channel::Sender<FileJob>,
-    job_count: usize,
+    /// Per queued file (by job number): whether the parent snapshot had it (changed, not new).
+    job_in_parent: Vec<bool>,
     /// (device, inode) of multiply-linked files seen → their job, so each is read once.
     hard_links: HashMap<(u64, u64), usize>,
     loader: TreeLoader<'w>,
@@ -321,7 +322,7 @@ impl<'a> Run<'a> {
             let mut walk = Walk {
                 dirs: vec![DirBuild { nodes: Vec::new(), pending: Vec::new(), parent }],
                 jobs: tx_jobs,
-                job_count: 0,
+                job_in_parent: Vec::new(),
                 hard_links: HashMap::new(),
                 loader: TreeLoader::new(self.repo, self.index),
                 image,
@@ -329,15 +330,24 @@ impl<'a> Run<'a> {
             for path in paths {
                 self.add_path(&mut walk, path)?;
             }
-            tracing::debug!(jobs = walk.job_count, "walk finished");
+            tracing::debug!(jobs = walk.job_in_parent.len(), "walk finished");
             self.progress.walk_finished.store(true, Ordering::Relaxed);
             let (closed, _) = bounded(0);
             drop(std::mem::replace(&mut walk.jobs, closed));
             Ok(walk)
         })?;
         self.summary.bytes_read = self.progress.bytes_done.load(Ordering::Relaxed);
-        let mut by_job: Vec<Option<FileResult>> = (0..walked.job_count).map(|_| None).collect();
+        let mut by_job: Vec<Option<FileResult>> = (0..walked.job_in_parent.len()).map(|_| None).collect();
         for (job, result) in results.into_inner().expect("results lock poisoned") {
+            // Count each file read once, whatever number of hard links name it.
+            match &result {
+                Ok(_) if walked.job_in_parent[job] => self.summary.files_changed += 1,
+                Ok(_) => self.summary.files_new += 1,
+                Err(reason) => {
+                    self.partial = true;
+                    self.warn(reason.clone());
+                }
+            }
             by_job[job] = Some(result);
         }
         self.build_trees(walked.dirs, &mut by_job)
@@ -459,13 +469,8 @@ impl<'a> Run<'a> {
             walk.dirs[dir].nodes.push(Some(node));
             return Ok(());
         }
-        if old.is_some() {
-            self.summary.files_changed += 1;
-        } else {
-            self.summary.files_new += 1;
-        }
-        let job = walk.job_count;
-        walk.job_count += 1;
+        let job = walk.job_in_parent.len();
+        walk.job_in_parent.push(old.is_some());
         if node.links > 1 {
             walk.hard_links.insert((node.device, node.inode), job);
         }
@@ -527,13 +532,8 @@ impl<'a> Run<'a> {
                             node.content = content.clone();
                             node.size = *size;
                         }
-                        Some(Err(reason)) => {
-                            let reason = reason.clone();
-                            nodes[pos] = None;
-                            self.partial = true;
-                            self.summary.files_new = self.summary.files_new.saturating_sub(1);
-                            self.warn(reason);
-                        }
+                        // Unreadable: left out (counted and warned about once, above).
+                        Some(Err(_)) => nodes[pos] = None,
                         None => return Err(pipeline_gone()),
                     },
                 }

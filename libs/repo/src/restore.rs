@@ -413,12 +413,10 @@ fn filetime_of(node: &Node) -> filetime::FileTime {
     )
 }
 
+/// Whether this process runs as root (the owner of `/proc/self` is the effective user).
 fn is_root() -> bool {
-    std::env::var("USER").is_ok_and(|u| u == "root")
-        || std::fs::metadata("/proc/self").is_ok_and(|m| {
-            use std::os::unix::fs::MetadataExt;
-            m.uid() == 0
-        })
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 fn set_metadata(path: &Path, node: &Node, as_root: bool) -> Result<()> {
