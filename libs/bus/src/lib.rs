@@ -1,0 +1,1 @@
+//! JetStream event store (being built).

@@ -1,0 +1,1 @@
+//! Arca aggregates (being built).
