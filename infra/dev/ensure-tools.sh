@@ -44,18 +44,23 @@ ln -sf "$VENV/bin/moto_server" "$TOOLS_DIR/bin/moto_server"
 ln -sf "$VENV/bin/nats-server" "$TOOLS_DIR/bin/nats-server"
 ln -sf "$AZURITE_DIR/node_modules/.bin/azurite-blob" "$TOOLS_DIR/bin/azurite-blob"
 
-# PostgreSQL: this machine kind runs it, but it may have been stopped. Nothing
-# needs it yet, so failing to start it only warns.
+# PostgreSQL: this machine kind runs it (trust auth on 127.0.0.1:5432), but it may
+# have been stopped. The catalog tests need it: start it, or stop here and say why.
 pg_up() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
 if ! pg_up; then
     echo "ensure-tools: PostgreSQL is not answering on 127.0.0.1:5432, starting it" >&2
     # The one directory under /etc/postgresql is named by the major version (15).
     # shellcheck disable=SC2012
     if ls /etc/postgresql >/dev/null 2>&1 &&
-        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start 2>/dev/null && pg_up; then
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start 2>/dev/null; then
+        for _ in $(seq 50); do pg_up && break; sleep 0.1; done
+    fi
+    if pg_up; then
         echo "ensure-tools: PostgreSQL started" >&2
     else
-        echo "ensure-tools: WARNING: could not start PostgreSQL (nothing needs it yet)" >&2
+        echo "ensure-tools: PostgreSQL is not running on 127.0.0.1:5432 and could not be started" \
+            "(pg_ctlcluster … main start); the catalog tests need it" >&2
+        exit 1
     fi
 fi
 

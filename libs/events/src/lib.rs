@@ -168,7 +168,13 @@ impl Envelope {
     ///
     /// Panics when the event belongs to another kind of aggregate: that is a bug in the caller.
     pub fn new(aggregate: AggregateRef, sequence: u64, event: &Event, time: DateTime<Utc>, meta: &Metadata) -> Self {
-        assert_eq!(event.aggregate(), aggregate.aggregate, "{} is not a {:?} event", event.event_type(), aggregate.aggregate);
+        assert_eq!(
+            event.aggregate(),
+            aggregate.aggregate,
+            "{} is not a {:?} event",
+            event.event_type(),
+            aggregate.aggregate
+        );
         Self {
             id: Uuid::now_v7(),
             tenant: aggregate.tenant,
@@ -200,7 +206,8 @@ impl Envelope {
 
     /// The payload as the current version of its type, upcasting older versions.
     pub fn event(&self) -> Result<Event, DecodeError> {
-        let belongs_to = Event::aggregate_of(&self.event_type).ok_or_else(|| DecodeError::UnknownType(self.event_type.clone()))?;
+        let belongs_to =
+            Event::aggregate_of(&self.event_type).ok_or_else(|| DecodeError::UnknownType(self.event_type.clone()))?;
         if belongs_to != self.aggregate {
             return Err(DecodeError::WrongAggregate { event_type: self.event_type.clone(), aggregate: self.aggregate });
         }

@@ -9,7 +9,8 @@ use crate::{DecodeError, Event};
 
 /// Brings `payload` from `version` to the current version of `event_type`.
 pub fn to_current(event_type: &str, version: u32, mut payload: Value) -> Result<Value, DecodeError> {
-    let current = Event::current_version_of(event_type).ok_or_else(|| DecodeError::UnknownType(event_type.to_owned()))?;
+    let current =
+        Event::current_version_of(event_type).ok_or_else(|| DecodeError::UnknownType(event_type.to_owned()))?;
     if version > current {
         return Err(DecodeError::FutureVersion { event_type: event_type.to_owned(), version, known: current });
     }

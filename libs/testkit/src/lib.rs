@@ -282,6 +282,59 @@ fn nats_info(port: u16) -> Option<String> {
     line.starts_with("INFO ").then_some(line)
 }
 
+/// A fresh, empty PostgreSQL database for one test, dropped on drop.
+///
+/// The server is `$ARCA_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432`,
+/// trust auth, as on these machines); `psql` does the creating and dropping.
+pub struct PgDatabase {
+    /// `postgres://user@host:port/name`
+    pub url: String,
+    pub name: String,
+    server: String,
+}
+
+impl std::fmt::Debug for PgDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgDatabase").field("url", &self.url).finish()
+    }
+}
+
+/// The PostgreSQL server tests use.
+pub fn postgres_server() -> String {
+    from_env("ARCA_TEST_POSTGRES_URL").unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn postgres_database() -> PgDatabase {
+    let server = postgres_server();
+    let name = unique_name().replace('-', "_");
+    psql(&server, &format!("CREATE DATABASE {name}"));
+    PgDatabase { url: format!("{server}/{name}"), name, server }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args([
+                &format!("{}/postgres", self.server),
+                "-qAtc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+fn psql(server: &str, sql: &str) {
+    let output = std::process::Command::new("psql")
+        .args([&format!("{server}/postgres"), "-qAtc", sql])
+        .output()
+        .unwrap_or_else(|e| panic!("testkit: run psql: {e}"));
+    assert!(
+        output.status.success(),
+        "testkit: psql `{sql}` on {server}: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,5 +426,27 @@ mod tests {
         assert_eq!((e.authority.as_str(), e.base_path.as_str()), ("127.0.0.1:1234", "/devstoreaccount1"));
         let e = http::Endpoint::parse("http://localhost:9000");
         assert_eq!((e.authority.as_str(), e.base_path.as_str()), ("localhost:9000", ""));
+    }
+
+    #[test]
+    fn postgres_databases_are_fresh_and_dropped() {
+        let db = postgres_database();
+        let other = postgres_database();
+        assert_ne!(db.name, other.name);
+        let exists = |name: &str| {
+            let out = std::process::Command::new("psql")
+                .args([
+                    &format!("{}/postgres", postgres_server()),
+                    "-qAtc",
+                    &format!("SELECT 1 FROM pg_database WHERE datname = '{name}'"),
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim() == "1"
+        };
+        assert!(exists(&db.name));
+        let name = db.name.clone();
+        drop(db);
+        assert!(!exists(&name), "dropped with its guard");
     }
 }
