@@ -124,6 +124,24 @@ enum Command {
     },
     /// Remove stale leases left by killed processes
     Unlock,
+    /// The control plane's SQL catalog (read models of the event log)
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Replay the whole event log into an empty catalog database
+    Rebuild {
+        /// NATS server holding the event log
+        #[arg(long, env = "ARCA_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+        /// Empty catalog database: `sqlite://path?mode=rwc` or `postgres://user@host/db`
+        #[arg(long, env = "ARCA_CATALOG_DATABASE")]
+        database: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -326,6 +344,20 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Backup(args) => run_backup(g, args),
+        Command::Catalog { command: CatalogCommand::Rebuild { nats, database } } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let events = runtime.block_on(async {
+                let config = arca_catalog::service::CatalogConfig::new(nats, database);
+                let catalog = arca_catalog::service::Catalog::build(config).await?;
+                arca_catalog::service::rebuild(&catalog.bus, catalog.db.clone()).await
+            })?;
+            if g.json {
+                print_json(&serde_json::json!({ "events": events }));
+            } else {
+                println!("rebuilt the catalog from {events} events");
+            }
+            Ok(0)
+        }
         Command::Snapshots => {
             let snapshots = open(g)?.snapshots()?;
             print_snapshots(g, &snapshots);

@@ -1,0 +1,66 @@
+//! `arca-catalog`: the catalog service as its own process.
+
+use anyhow::Context as _;
+use arca_catalog::service::{self, Catalog, CatalogConfig};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "arca-catalog", version, about = "Arca catalog: event log → SQL read models, and queries")]
+struct Cli {
+    /// NATS server with JetStream.
+    #[arg(long, env = "ARCA_NATS_URL", default_value = "nats://127.0.0.1:4222", global = true)]
+    nats: String,
+    /// Catalog database: `sqlite://path?mode=rwc` or `postgres://user@host/db`.
+    #[arg(long, env = "ARCA_CATALOG_DATABASE", default_value = "sqlite://var/catalog.db?mode=rwc", global = true)]
+    database: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Project events and answer queries until stopped.
+    Run {
+        /// Durable consumer name (one per catalog database).
+        #[arg(long, default_value = "catalog")]
+        consumer: String,
+    },
+    /// Replay the whole event log into an empty database.
+    Rebuild,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,sea_orm=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { consumer } => {
+            let config = CatalogConfig { consumer, ..CatalogConfig::new(cli.nats, cli.database) };
+            let catalog = Catalog::build(config).await.context("start the catalog")?;
+            tracing::info!("catalog running");
+            catalog.run_until_stopped(shutdown_signal()).await.context("catalog stopped")?;
+        }
+        Command::Rebuild => {
+            let catalog =
+                Catalog::build(CatalogConfig::new(cli.nats, cli.database)).await.context("open the catalog")?;
+            let events = service::rebuild(&catalog.bus, catalog.db.clone()).await.context("rebuild the catalog")?;
+            println!("rebuilt the catalog from {events} events");
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,0 +1,239 @@
+//! The running catalog: a durable JetStream consumer feeding the [`Projector`], the
+//! query endpoints over request/reply, and the rebuild that replays the whole log.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arca_bus::{Bus, BusConfig, BusError, EVENTS_STREAM};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::stream::Stream;
+use futures::{FutureExt, StreamExt};
+use sea_orm::DatabaseConnection;
+use tokio::task::JoinHandle;
+
+use crate::error::CatalogError;
+use crate::projector::{Projector, RawEvent};
+
+/// The most events one transaction applies.
+pub const MAX_BATCH: usize = 1000;
+
+/// How to run a catalog.
+#[derive(Clone, Debug)]
+pub struct CatalogConfig {
+    pub nats_url: String,
+    /// `sqlite://path?mode=rwc`, `sqlite::memory:` or `postgres://…`
+    pub database_url: String,
+    /// The durable consumer's name; one per catalog database.
+    pub consumer: String,
+    pub replicas: usize,
+}
+
+impl CatalogConfig {
+    pub fn new(nats_url: impl Into<String>, database_url: impl Into<String>) -> Self {
+        Self { nats_url: nats_url.into(), database_url: database_url.into(), consumer: "catalog".into(), replicas: 1 }
+    }
+}
+
+/// Counters a running catalog exposes (and the status query returns).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub last_applied: AtomicU64,
+    pub applied: AtomicU64,
+    pub malformed: AtomicU64,
+    pub duplicates: AtomicU64,
+}
+
+/// A built catalog, ready to run.
+pub struct Catalog {
+    pub bus: Bus,
+    pub db: DatabaseConnection,
+    pub stats: Arc<Stats>,
+    config: CatalogConfig,
+}
+
+impl Catalog {
+    /// Connects to NATS and the database (running migrations).
+    pub async fn build(config: CatalogConfig) -> Result<Catalog, CatalogError> {
+        let db = crate::db::connect(&config.database_url).await?;
+        let bus = Bus::connect(BusConfig {
+            replicas: config.replicas,
+            client_name: "arca-catalog".into(),
+            ..BusConfig::new(&config.nats_url)
+        })
+        .await?;
+        Ok(Catalog { bus, db, stats: Arc::new(Stats::default()), config })
+    }
+
+    /// Projects and answers queries until `shutdown` completes.
+    pub async fn run_until_stopped(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), CatalogError> {
+        let queries = crate::api::serve(&self.bus, self.db.clone(), self.stats.clone()).await?;
+        let projection =
+            tokio::spawn(project(self.bus.clone(), self.db.clone(), self.config.consumer.clone(), self.stats.clone()));
+        let result = tokio::select! {
+            () = shutdown => Ok(()),
+            finished = projection => match finished {
+                Ok(result) => result,
+                Err(e) => Err(CatalogError::Internal(format!("projection task: {e}"))),
+            },
+        };
+        queries.abort();
+        result
+    }
+}
+
+/// Follows the event log from the database's last applied sequence, forever.
+async fn project(bus: Bus, db: DatabaseConnection, name: String, stats: Arc<Stats>) -> Result<(), CatalogError> {
+    let projector = Projector::new(db);
+    let mut last = projector.last_sequence().await?;
+    stats.last_applied.store(last, Ordering::Relaxed);
+    loop {
+        // (Re)positioned on every (re)subscription: messages delivered to a broken
+        // subscription would otherwise come back after newer ones.
+        let consumer = durable_consumer(&bus, &name, last).await?;
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(MAX_BATCH)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| BusError::unavailable("follow the event log", e))?;
+        while let Some(first) = messages.next().await {
+            let first = match first {
+                Ok(message) => message,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event log delivery error; resubscribing");
+                    break;
+                }
+            };
+            // Take what is already here, up to a batch: big transactions under load, no waiting when idle.
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(message))) => batch.push(message),
+                    _ => break,
+                }
+            }
+            let raw: Vec<RawEvent> = batch
+                .iter()
+                .filter_map(|message| {
+                    let info = message.info().ok()?;
+                    Some(RawEvent {
+                        stream_sequence: info.stream_sequence,
+                        subject: message.subject.to_string(),
+                        payload: message.payload.clone(),
+                    })
+                })
+                .collect();
+            let outcome = loop {
+                match projector.apply_batch(&raw).await {
+                    Ok(outcome) => break outcome,
+                    Err(e) => {
+                        // The database is away: keep the batch (unacked) and try again.
+                        tracing::error!(error = %e, "projecting a batch failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            last = last.max(outcome.last_sequence);
+            stats.last_applied.store(last, Ordering::Relaxed);
+            stats.applied.fetch_add(outcome.applied, Ordering::Relaxed);
+            stats.malformed.fetch_add(outcome.malformed, Ordering::Relaxed);
+            stats.duplicates.fetch_add(outcome.skipped_duplicates, Ordering::Relaxed);
+            // Ack-all: acking the last acks the batch. A crash before this only causes
+            // redelivery, which the stored sequence turns into skips.
+            if let Err(e) = batch.last().expect("a non-empty batch").ack().await {
+                tracing::warn!(error = %e, "acking a projected batch failed; it will be redelivered and skipped");
+            }
+        }
+    }
+}
+
+/// The durable consumer, positioned just after what the database has applied.
+///
+/// The projection must see events in stream order, and a consumer only redelivers
+/// unacked messages after their ack wait — after newer ones. So the consumer is reused
+/// only when it has delivered exactly what the database applied (a clean stop);
+/// otherwise (a crash with a batch in flight, a database restored from a backup, rebuilt,
+/// or replaced) it is recreated at the database's position: the database is the
+/// authority on what has been applied. One catalog process projects into one database.
+async fn durable_consumer(bus: &Bus, name: &str, applied: u64) -> Result<PullConsumer, CatalogError> {
+    let stream: Stream = bus
+        .jetstream()
+        .get_stream(EVENTS_STREAM)
+        .await
+        .map_err(|e| BusError::unavailable("open the EVENTS stream", e))?;
+    if let Ok(mut existing) = stream.get_consumer::<pull::Config>(name).await {
+        let info = existing.info().await.map_err(|e| BusError::unavailable("read the catalog consumer", e))?;
+        let delivered = info.delivered.stream_sequence;
+        if delivered == applied {
+            return Ok(existing);
+        }
+        tracing::info!(consumer = name, delivered, applied, "repositioning the consumer at the database's position");
+        stream.delete_consumer(name).await.map_err(|e| BusError::unavailable("reposition the catalog consumer", e))?;
+    }
+    let config = pull::Config {
+        durable_name: Some(name.to_owned()),
+        ack_policy: AckPolicy::All,
+        deliver_policy: if applied == 0 {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::ByStartSequence { start_sequence: applied + 1 }
+        },
+        max_ack_pending: 50_000,
+        ack_wait: Duration::from_secs(60),
+        ..Default::default()
+    };
+    stream.create_consumer(config).await.map_err(|e| BusError::unavailable("create the catalog consumer", e).into())
+}
+
+/// Replays the whole event log into an empty database. Returns how many events were read.
+pub async fn rebuild(bus: &Bus, db: DatabaseConnection) -> Result<u64, CatalogError> {
+    let projector = Projector::new(db);
+    if projector.last_sequence().await? != 0 {
+        return Err(CatalogError::NotEmpty);
+    }
+    let mut stream: Stream = bus
+        .jetstream()
+        .get_stream(EVENTS_STREAM)
+        .await
+        .map_err(|e| BusError::unavailable("open the EVENTS stream", e))?;
+    let end = stream.info().await.map_err(|e| BusError::unavailable("read the EVENTS stream", e))?.state.last_sequence;
+    if end == 0 {
+        return Ok(0);
+    }
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
+        .await
+        .map_err(|e| BusError::unavailable("replay the event log", e))?;
+    let mut messages = consumer.messages().await.map_err(|e| BusError::unavailable("replay the event log", e))?;
+    let mut read = 0u64;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut done = false;
+    while !done {
+        let Some(message) = messages.next().await else { break };
+        let message = message.map_err(|e| BusError::unavailable("replay the event log", e))?;
+        let info = message.info().map_err(|e| BusError::unavailable("replay the event log", e))?;
+        let sequence = info.stream_sequence;
+        done = sequence >= end;
+        batch.push(RawEvent {
+            stream_sequence: sequence,
+            subject: message.subject.to_string(),
+            payload: message.payload.clone(),
+        });
+        read += 1;
+        if batch.len() >= MAX_BATCH || done {
+            projector.apply_batch(&batch).await?;
+            batch.clear();
+        }
+    }
+    Ok(read)
+}
+
+/// Spawns a catalog in this process (for `arca server` and tests).
+pub async fn spawn(config: CatalogConfig) -> Result<(Arc<Stats>, JoinHandle<Result<(), CatalogError>>), CatalogError> {
+    let catalog = Catalog::build(config).await?;
+    let stats = catalog.stats.clone();
+    Ok((stats, tokio::spawn(catalog.run_until_stopped(std::future::pending()))))
+}
