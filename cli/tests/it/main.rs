@@ -4,6 +4,7 @@
 mod helpers;
 
 mod backup;
+mod catalog;
 mod check;
 mod crash;
 mod deps;
