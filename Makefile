@@ -13,7 +13,7 @@ TEST_FLAGS ?= --workspace
 # Only for the local demo repository of `make run`; use your own for real data.
 ARCA_PASSWORD ?= arca-dev-password
 
-.PHONY: run build test lint fmt bench openapi
+.PHONY: run build test lint fmt bench bench-data bench-control-plane openapi
 
 # The standalone engine for now: `arca` on a filesystem repository under ./var.
 # The control-plane issue replaces this with `arca server` (gateway, services
@@ -57,8 +57,18 @@ lint:
 fmt:
 	cargo fmt --all
 
-bench:
+# Both benchmarks; each prints a Markdown table (copy the figures to BENCHMARKS.md).
+bench: bench-data bench-control-plane
+
+# The data path against restic (loadtests/bench.sh --help).
+bench-data:
 	bash loadtests/bench.sh
+
+# The event store and catalog against the raw JetStream publish rate (a private
+# nats-server, SQLite and the local PostgreSQL).
+bench-control-plane:
+	infra/dev/ensure-tools.sh >/dev/null
+	cargo run --release -q -p arca-loadtests --bin bench-control-plane
 
 openapi:
 	@echo "openapi: the API gateway does not exist yet, so there is no openapi/openapi.json to generate"

@@ -282,6 +282,12 @@ fn nats_info(port: u16) -> Option<String> {
     line.starts_with("INFO ").then_some(line)
 }
 
+/// The path of a test tool (`nats-server`, `azurite-blob`, …): the pinned one from
+/// `infra/dev/ensure-tools.sh`, else the one on `PATH`.
+pub fn tool(name: &str) -> std::path::PathBuf {
+    process::find_tool(name)
+}
+
 /// A fresh, empty PostgreSQL database for one test, dropped on drop.
 ///
 /// The server is `$ARCA_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432`,

@@ -201,23 +201,36 @@ async fn catalog_lag(
     while stats.last_applied.load(Ordering::Relaxed) < end {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // One sampler: every millisecond, everything the catalog has applied since the last
+    // look is done; its lag is the time since its append was acknowledged.
+    let pending = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::<(u64, Instant)>::new()));
     let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let watcher = {
-        let (stats, samples) = (stats.clone(), samples.clone());
-        move |sequence: u64, acked: Instant| {
-            let (stats, samples) = (stats.clone(), samples.clone());
-            tokio::spawn(async move {
-                while stats.last_applied.load(Ordering::Relaxed) < sequence {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+    let total = rate * seconds;
+    let sampler = {
+        let (stats, pending, samples) = (stats.clone(), pending.clone(), samples.clone());
+        tokio::spawn(async move {
+            loop {
+                let done = {
+                    let applied = stats.last_applied.load(Ordering::Relaxed);
+                    let now = Instant::now();
+                    let mut pending = pending.lock().expect("pending");
+                    let mut samples = samples.lock().expect("samples");
+                    while pending.front().is_some_and(|(sequence, _)| *sequence <= applied) {
+                        let (_, acked) = pending.pop_front().expect("front");
+                        samples.push(now.duration_since(acked).as_secs_f64() * 1000.0);
+                    }
+                    samples.len() as u64 >= total
+                };
+                if done {
+                    break;
                 }
-                samples.lock().expect("samples").push(acked.elapsed().as_secs_f64() * 1000.0);
-            })
-        }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
     };
     let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
-    let mut waits = Vec::new();
     let meta = Metadata::new_root();
-    for i in 0..rate * seconds {
+    for i in 0..total {
         ticker.tick().await;
         let tenant_ref = AggregateRef::new(tenant, AggregateType::Snapshot, SnapshotId::new());
         let event = Event::from(SnapshotCommitted {
@@ -236,11 +249,9 @@ async fn catalog_lag(
             partial: false,
         });
         let stored = store.append(tenant_ref, Version::default(), &[event], &meta, Utc::now()).await?;
-        waits.push(watcher(stored[0].stream_sequence, Instant::now()));
+        pending.lock().expect("pending").push_back((stored[0].stream_sequence, Instant::now()));
     }
-    for wait in waits {
-        wait.await?;
-    }
+    sampler.await?;
     let mut samples = samples.lock().expect("samples").clone();
     samples.sort_by(f64::total_cmp);
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];

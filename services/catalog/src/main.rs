@@ -13,6 +13,9 @@ struct Cli {
     /// Catalog database: `sqlite://path?mode=rwc` or `postgres://user@host/db`.
     #[arg(long, env = "ARCA_CATALOG_DATABASE", default_value = "sqlite://var/catalog.db?mode=rwc", global = true)]
     database: String,
+    /// Stream replicas: 1 on a single node, 3 in a JetStream cluster.
+    #[arg(long, env = "ARCA_STREAM_REPLICAS", default_value_t = 1, global = true)]
+    stream_replicas: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,14 +44,15 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { consumer } => {
-            let config = CatalogConfig { consumer, ..CatalogConfig::new(cli.nats, cli.database) };
+            let config =
+                CatalogConfig { consumer, replicas: cli.stream_replicas, ..CatalogConfig::new(cli.nats, cli.database) };
             let catalog = Catalog::build(config).await.context("start the catalog")?;
             tracing::info!("catalog running");
             catalog.run_until_stopped(shutdown_signal()).await.context("catalog stopped")?;
         }
         Command::Rebuild => {
-            let catalog =
-                Catalog::build(CatalogConfig::new(cli.nats, cli.database)).await.context("open the catalog")?;
+            let config = CatalogConfig { replicas: cli.stream_replicas, ..CatalogConfig::new(cli.nats, cli.database) };
+            let catalog = Catalog::build(config).await.context("open the catalog")?;
             let events = service::rebuild(&catalog.bus, catalog.db.clone()).await.context("rebuild the catalog")?;
             println!("rebuilt the catalog from {events} events");
         }
