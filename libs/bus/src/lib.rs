@@ -17,6 +17,7 @@
 //! Data never passes through NATS: events carry ids and small facts.
 
 mod error;
+pub mod follow;
 pub mod jobs;
 pub mod query;
 pub mod secrets;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arca_bus::{Bus, BusConfig, BusError, EVENTS_STREAM};
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::stream::Stream;
 use futures::{FutureExt, StreamExt};
 use sea_orm::DatabaseConnection;
@@ -90,7 +90,7 @@ async fn project(bus: Bus, db: DatabaseConnection, name: String, stats: Arc<Stat
     loop {
         // (Re)positioned on every (re)subscription: messages delivered to a broken
         // subscription would otherwise come back after newer ones.
-        let consumer = durable_consumer(&bus, &name, last).await?;
+        let consumer = arca_bus::follow::durable_consumer(&bus, &name, None, last).await?;
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(MAX_BATCH)
@@ -148,44 +148,6 @@ async fn project(bus: Bus, db: DatabaseConnection, name: String, stats: Arc<Stat
             }
         }
     }
-}
-
-/// The durable consumer, positioned just after what the database has applied.
-///
-/// The projection must see events in stream order, and a consumer only redelivers
-/// unacked messages after their ack wait — after newer ones. So the consumer is reused
-/// only when it has delivered exactly what the database applied (a clean stop);
-/// otherwise (a crash with a batch in flight, a database restored from a backup, rebuilt,
-/// or replaced) it is recreated at the database's position: the database is the
-/// authority on what has been applied. One catalog process projects into one database.
-async fn durable_consumer(bus: &Bus, name: &str, applied: u64) -> Result<PullConsumer, CatalogError> {
-    let stream: Stream = bus
-        .jetstream()
-        .get_stream(EVENTS_STREAM)
-        .await
-        .map_err(|e| BusError::unavailable("open the EVENTS stream", e))?;
-    if let Ok(mut existing) = stream.get_consumer::<pull::Config>(name).await {
-        let info = existing.info().await.map_err(|e| BusError::unavailable("read the catalog consumer", e))?;
-        let delivered = info.delivered.stream_sequence;
-        if delivered == applied {
-            return Ok(existing);
-        }
-        tracing::info!(consumer = name, delivered, applied, "repositioning the consumer at the database's position");
-        stream.delete_consumer(name).await.map_err(|e| BusError::unavailable("reposition the catalog consumer", e))?;
-    }
-    let config = pull::Config {
-        durable_name: Some(name.to_owned()),
-        ack_policy: AckPolicy::All,
-        deliver_policy: if applied == 0 {
-            DeliverPolicy::All
-        } else {
-            DeliverPolicy::ByStartSequence { start_sequence: applied + 1 }
-        },
-        max_ack_pending: 50_000,
-        ack_wait: Duration::from_secs(60),
-        ..Default::default()
-    };
-    stream.create_consumer(config).await.map_err(|e| BusError::unavailable("create the catalog consumer", e).into())
 }
 
 /// Replays the whole event log into an empty database. Returns how many events were read.

@@ -1,5 +1,6 @@
 //! The event store, work queue, queries and secrets against a real nats-server.
 
+mod follow;
 mod infra;
 mod jobs;
 mod query;

@@ -1,0 +1,61 @@
+//! Following the event log durably from a position the reader stores itself.
+//!
+//! A read model (the catalog, a scheduler's view of policies) keeps the stream sequence it
+//! has applied next to its data, in the same transaction. [`durable_consumer`] gives it a
+//! JetStream durable consumer that continues from exactly there.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::stream::Stream;
+
+use crate::{Bus, BusError, EVENTS_STREAM};
+
+/// The durable consumer `name` on `EVENTS` (only `filter_subject`, if given), positioned
+/// just after stream sequence `applied`. Acking a message acks every earlier one.
+///
+/// A reader must see events in stream order, and a consumer redelivers unacked messages
+/// only after their ack wait — after newer ones. So the consumer is reused only when it has
+/// delivered exactly what the reader applied (a clean stop); otherwise (a crash with a batch
+/// in flight, a reader restored from a backup, rebuilt or replaced) it is recreated at the
+/// reader's position: the reader is the authority on what it has applied. One process
+/// follows one consumer at a time.
+pub async fn durable_consumer(
+    bus: &Bus,
+    name: &str,
+    filter_subject: Option<&str>,
+    applied: u64,
+) -> Result<PullConsumer, BusError> {
+    let stream: Stream = bus
+        .jetstream()
+        .get_stream(EVENTS_STREAM)
+        .await
+        .map_err(|e| BusError::unavailable("open the EVENTS stream", e))?;
+    if let Ok(mut existing) = stream.get_consumer::<pull::Config>(name).await {
+        let info = existing.info().await.map_err(|e| BusError::unavailable(format!("read consumer {name}"), e))?;
+        let delivered = info.delivered.stream_sequence;
+        let same_filter = info.config.filter_subject == filter_subject.unwrap_or_default();
+        if delivered == applied && same_filter {
+            return Ok(existing);
+        }
+        tracing::info!(consumer = name, delivered, applied, "repositioning the consumer at the reader's position");
+        stream
+            .delete_consumer(name)
+            .await
+            .map_err(|e| BusError::unavailable(format!("reposition consumer {name}"), e))?;
+    }
+    let config = pull::Config {
+        durable_name: Some(name.to_owned()),
+        filter_subject: filter_subject.unwrap_or_default().to_owned(),
+        ack_policy: AckPolicy::All,
+        deliver_policy: if applied == 0 {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::ByStartSequence { start_sequence: applied + 1 }
+        },
+        max_ack_pending: 50_000,
+        ack_wait: Duration::from_secs(60),
+        ..Default::default()
+    };
+    stream.create_consumer(config).await.map_err(|e| BusError::unavailable(format!("create consumer {name}"), e))
+}
