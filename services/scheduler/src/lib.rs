@@ -1,3 +1,253 @@
-//! The scheduler service decides *when* work happens: it turns policies' cron and
-//! interval schedules into jobs on the JetStream work queue. Not built yet; the
-//! engine it will drive lives in `arca-repo`.
+//! The scheduler service decides *when* work happens: it turns policies' cron and interval
+//! schedules into backup jobs on the JetStream work queue.
+//!
+//! It follows every policy event (`arca.evt.*.policy.*`, from the start of the log) and
+//! folds them with the same pure `Policy` aggregate the command side uses, so it always
+//! knows each policy's schedule, misfire rule and whether it is paused or deleted.
+//!
+//! **Replicas need no leader.** Each firing of a policy has a deterministic job id (derived
+//! from the policy and the scheduled time) and a queue message id `<policy>:<time>`: two
+//! schedulers firing the same policy at the same time race on one job aggregate — exactly
+//! one `JobRequested` is appended, the loser's reload finds the job already requested — and
+//! JetStream keeps one ticket.
+//!
+//! **Misfires.** A firing found more than [`LATE_AFTER`] past its time (the process was
+//! paused or starting) is late: `skip` drops it, `run_once` runs one job for all the late
+//! firings of that policy. Firings missed while no scheduler ran at all are not replayed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use arca_bus::jobs::{self, JobTicket};
+use arca_bus::{Bus, BusConfig, BusError, EVENTS_STREAM, EventStore, ExecuteError};
+use arca_domain::job::{Job, JobCommand};
+use arca_domain::policy::Policy;
+use arca_domain::schedule::CompiledSchedule;
+use arca_domain::{Aggregate, DomainError};
+use arca_events::{Envelope, JobId, JobKind, Metadata, Misfire, PolicyId, TenantId, Trigger};
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+
+/// How late a firing may be and still count as on time.
+pub const LATE_AFTER: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Execute(#[from] ExecuteError),
+}
+
+/// How to run a scheduler.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    pub nats_url: String,
+    pub replicas: usize,
+    /// How often due firings are looked for.
+    pub tick: Duration,
+}
+
+impl SchedulerConfig {
+    pub fn new(nats_url: impl Into<String>) -> Self {
+        Self { nats_url: nats_url.into(), replicas: 1, tick: Duration::from_millis(250) }
+    }
+}
+
+/// What became of one firing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fired {
+    /// This scheduler requested the job.
+    Requested(JobId),
+    /// Another replica (or an earlier attempt) had already requested it.
+    AlreadyRequested(JobId),
+    /// The domain refused it (tenant suspended, over quota, deleted …).
+    Refused(JobId),
+}
+
+/// The id of the job for `policy`'s firing at `at`: the same in every replica.
+pub fn firing_job_id(policy: PolicyId, at: DateTime<Utc>) -> JobId {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"arca-firing\0");
+    hasher.update(policy.as_uuid().as_bytes());
+    hasher.update(&at.timestamp_millis().to_be_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.as_bytes()[..16]);
+    JobId(uuid::Uuid::new_v8(bytes))
+}
+
+/// One policy as the scheduler sees it.
+#[derive(Default)]
+struct Plan {
+    policy: Policy,
+    compiled: Option<CompiledSchedule>,
+    next_due: Option<DateTime<Utc>>,
+}
+
+impl Plan {
+    fn reschedule(&mut self, now: DateTime<Utc>) {
+        self.compiled = self.policy.schedule.as_ref().and_then(|s| CompiledSchedule::parse(s).ok());
+        self.next_due = match (&self.compiled, self.policy.is_active()) {
+            (Some(compiled), true) => compiled.next_after(now),
+            _ => None,
+        };
+    }
+}
+
+/// A built scheduler, ready to run.
+pub struct Scheduler {
+    store: EventStore,
+    config: SchedulerConfig,
+}
+
+impl Scheduler {
+    pub async fn build(config: SchedulerConfig) -> Result<Scheduler, SchedulerError> {
+        let bus = Bus::connect(BusConfig {
+            replicas: config.replicas,
+            client_name: "arca-scheduler".into(),
+            ..BusConfig::new(&config.nats_url)
+        })
+        .await?;
+        Ok(Scheduler { store: bus.event_store().await?, config })
+    }
+
+    /// Follows policies and fires them until `shutdown` completes.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), SchedulerError> {
+        tokio::select! {
+            () = shutdown => Ok(()),
+            result = self.run() => result,
+        }
+    }
+
+    async fn run(self) -> Result<(), SchedulerError> {
+        let bus = self.store.bus().clone();
+        let stream = bus
+            .jetstream()
+            .get_stream(EVENTS_STREAM)
+            .await
+            .map_err(|e| BusError::unavailable("open the EVENTS stream", e))?;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: format!("{}.*.policy.*", arca_events::EVENT_SUBJECT_PREFIX),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::unavailable("follow policies", e))?;
+        let mut policies = consumer.messages().await.map_err(|e| BusError::unavailable("follow policies", e))?;
+        let mut plans: HashMap<(TenantId, PolicyId), Plan> = HashMap::new();
+        let mut ticker = tokio::time::interval(self.config.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                message = policies.next() => {
+                    let Some(message) = message else {
+                        return Err(BusError::Unavailable { operation: "follow policies".into(), reason: "the subscription ended".into() }.into());
+                    };
+                    let message = message.map_err(|e| BusError::unavailable("follow policies", e))?;
+                    apply_policy_event(&mut plans, &message.payload);
+                }
+                _ = ticker.tick() => {
+                    self.fire_due(&mut plans).await?;
+                }
+            }
+        }
+    }
+
+    async fn fire_due(&self, plans: &mut HashMap<(TenantId, PolicyId), Plan>) -> Result<(), SchedulerError> {
+        let now = Utc::now();
+        for ((tenant, policy_id), plan) in plans.iter_mut() {
+            let (Some(due), Some(compiled)) = (plan.next_due, plan.compiled.as_ref()) else { continue };
+            if due > now {
+                continue;
+            }
+            let late = now.signed_duration_since(due).to_std().unwrap_or_default() > LATE_AFTER;
+            // The next firing after now: however many were missed, at most one runs now.
+            let mut last_missed = due;
+            while let Some(next) = compiled.next_after(last_missed).filter(|next| *next <= now) {
+                last_missed = next;
+            }
+            plan.next_due = compiled.next_after(last_missed);
+            if late && plan.policy.misfire == Misfire::Skip {
+                tracing::warn!(policy = %policy_id, due = %due, "skipping a late firing (misfire: skip)");
+                continue;
+            }
+            let outcome = fire(&self.store, *tenant, *policy_id, &plan.policy, last_missed).await?;
+            tracing::info!(policy = %policy_id, at = %last_missed, ?outcome, "policy fired");
+        }
+        Ok(())
+    }
+}
+
+fn apply_policy_event(plans: &mut HashMap<(TenantId, PolicyId), Plan>, payload: &[u8]) {
+    let envelope = match Envelope::from_json(payload) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring a malformed policy event");
+            return;
+        }
+    };
+    let event = match envelope.event() {
+        Ok(event) => event,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring an unreadable policy event");
+            return;
+        }
+    };
+    let key = (envelope.tenant, PolicyId(envelope.aggregate_id));
+    let plan = plans.entry(key).or_default();
+    let before = (plan.policy.schedule.clone(), plan.policy.is_active());
+    plan.policy.apply(&event);
+    if (plan.policy.schedule.clone(), plan.policy.is_active()) != before {
+        plan.reschedule(Utc::now());
+    }
+}
+
+/// Requests the job for `policy`'s firing at `at` and puts its ticket on the queue; safe to
+/// call from several replicas for the same firing.
+pub async fn fire(
+    store: &EventStore,
+    tenant: TenantId,
+    policy_id: PolicyId,
+    policy: &Policy,
+    at: DateTime<Utc>,
+) -> Result<Fired, SchedulerError> {
+    let job = firing_job_id(policy_id, at);
+    let command = JobCommand::Request {
+        kind: JobKind::Backup,
+        trigger: Trigger::Schedule { at },
+        policy: Some(policy_id),
+        source: Some(policy.source),
+        target: Some(policy.target),
+        snapshot: None,
+        mode: Some(policy.mode),
+        site: None,
+    };
+    let meta = Metadata::new_root();
+    let fired = match store.execute::<Job>(tenant, job, &command, &meta).await {
+        Ok(committed) if committed.events.is_empty() => Fired::AlreadyRequested(job),
+        Ok(_) => Fired::Requested(job),
+        Err(ExecuteError::Domain(DomainError::IllegalTransition { .. })) => Fired::AlreadyRequested(job),
+        Err(ExecuteError::Domain(e)) => {
+            tracing::warn!(policy = %policy_id, error = %e, "the firing was refused");
+            return Ok(Fired::Refused(job));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Also when another replica requested it: it may have died before enqueueing.
+    let ticket = JobTicket { tenant, job, kind: JobKind::Backup, site: None, trace: meta.trace };
+    jobs::enqueue(store.bus(), &ticket, &format!("{policy_id}:{}", at.to_rfc3339())).await?;
+    Ok(fired)
+}
+
+/// Spawns a scheduler in this process (for `arca server` and tests).
+pub async fn spawn(config: SchedulerConfig) -> Result<JoinHandle<Result<(), SchedulerError>>, SchedulerError> {
+    let scheduler = Scheduler::build(config).await?;
+    Ok(tokio::spawn(scheduler.run_until_stopped(std::future::pending())))
+}

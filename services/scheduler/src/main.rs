@@ -1,0 +1,39 @@
+//! `arca-scheduler`: the scheduler service as its own process.
+
+use anyhow::Context as _;
+use arca_scheduler::{Scheduler, SchedulerConfig};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "arca-scheduler", version, about = "Arca scheduler: policies' schedules → jobs on the work queue")]
+struct Cli {
+    /// NATS server with JetStream.
+    #[arg(long, env = "ARCA_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// Stream replicas: 1 on a single node, 3 in a JetStream cluster.
+    #[arg(long, env = "ARCA_STREAM_REPLICAS", default_value_t = 1)]
+    stream_replicas: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = SchedulerConfig { replicas: cli.stream_replicas, ..SchedulerConfig::new(cli.nats) };
+    let scheduler = Scheduler::build(config).await.context("start the scheduler")?;
+    tracing::info!("scheduler running");
+    scheduler.run_until_stopped(shutdown_signal()).await.context("scheduler stopped")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
