@@ -15,20 +15,19 @@ ARCA_PASSWORD ?= arca-dev-password
 
 .PHONY: run build test lint fmt bench bench-data bench-control-plane openapi
 
-# The standalone engine for now: `arca` on a filesystem repository under ./var.
-# The control-plane issue replaces this with `arca server` (gateway, services
-# and a local nats-server, as DESIGN.md describes).
+# The platform on one machine: `arca server` starts its own nats-server (JetStream, store in
+# ./var/nats, port 4250), the catalog on SQLite (./var/catalog.db) and the scheduler. A demo
+# filesystem repository is created under ./var/repo for the standalone commands.
 run:
+	infra/dev/ensure-tools.sh >/dev/null
 	cargo build --release -p arca-cli --bin arca
 	mkdir -p var
 	if [ ! -e var/repo ]; then \
 		ARCA_PASSWORD='$(ARCA_PASSWORD)' $(ARCA) --repo "fs://$(CURDIR)/var/repo" repo init; \
 	fi
-	$(ARCA) --help
-	@echo
-	@echo "Repository: fs://$(CURDIR)/var/repo (demo password: ARCA_PASSWORD=$(ARCA_PASSWORD))"
-	@echo "Try:  export ARCA_REPO=fs://$(CURDIR)/var/repo ARCA_PASSWORD=$(ARCA_PASSWORD)"
-	@echo "      $(ARCA) backup ~/some/dir"
+	@echo "Demo repository: export ARCA_REPO=fs://$(CURDIR)/var/repo ARCA_PASSWORD=$(ARCA_PASSWORD)"
+	@echo "Catalog queries: NATS nats://127.0.0.1:4250, subjects arca.q.catalog.*"
+	$(ARCA) server --data-dir var
 
 build:
 	cargo build --workspace --release

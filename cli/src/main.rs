@@ -3,6 +3,7 @@
 //! `--json`, exit code 0 on success and non-zero with a one-line reason otherwise).
 
 mod progress;
+mod server;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -124,6 +125,8 @@ enum Command {
     },
     /// Remove stale leases left by killed processes
     Unlock,
+    /// Run the platform on this machine: a local nats-server, the catalog (SQLite) and the scheduler
+    Server(server::ServerArgs),
     /// The control plane's SQL catalog (read models of the event log)
     Catalog {
         #[command(subcommand)]
@@ -344,6 +347,7 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Backup(args) => run_backup(g, args),
+        Command::Server(args) => server::run(args),
         Command::Catalog { command: CatalogCommand::Rebuild { nats, database } } => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let events = runtime.block_on(async {

@@ -11,3 +11,4 @@ mod deps;
 mod keys;
 mod prune;
 mod restore;
+mod server;

@@ -1,0 +1,128 @@
+//! `arca server`: the platform on one machine — a local nats-server it starts itself (unless
+//! given one), the catalog on SQLite under the data folder, the scheduler, and the
+//! dead-letter watcher, all in this process over the same NATS the separate services use.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use arca_catalog::service::{Catalog, CatalogConfig};
+use arca_scheduler::{Scheduler, SchedulerConfig};
+use clap::Args;
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Folder for the NATS store, the catalog database and logs
+    #[arg(long, env = "ARCA_DATA_DIR", default_value = "var")]
+    data_dir: PathBuf,
+    /// Use this NATS server instead of starting one
+    #[arg(long, env = "ARCA_NATS_URL")]
+    nats: Option<String>,
+    /// Loopback port for the nats-server this command starts
+    #[arg(long, default_value_t = 4250)]
+    nats_port: u16,
+    /// Catalog database (default: SQLite in the data folder)
+    #[arg(long, env = "ARCA_CATALOG_DATABASE")]
+    database: Option<String>,
+}
+
+/// A nats-server child process, stopped when dropped.
+struct NatsChild(Child);
+
+impl Drop for NatsChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn run(args: ServerArgs) -> Result<u8> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("create the data folder {}", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let (nats_url, nats_child) = match &args.nats {
+        Some(url) => (url.clone(), None),
+        None => {
+            let (url, child) = start_nats(&data_dir, args.nats_port)?;
+            (url, Some(child))
+        }
+    };
+    let database =
+        args.database.clone().unwrap_or_else(|| format!("sqlite://{}?mode=rwc", data_dir.join("catalog.db").display()));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(async {
+        let catalog = Catalog::build(CatalogConfig::new(&nats_url, &database)).await.context("start the catalog")?;
+        let scheduler = Scheduler::build(SchedulerConfig::new(&nats_url)).await.context("start the scheduler")?;
+        let store = catalog.bus.event_store().await?;
+        let _dead_letters = arca_bus::jobs::watch_dead_letters(store).await?;
+        eprintln!("arca server: NATS {nats_url}; catalog {database}; scheduler running. Ctrl-C stops.");
+        tokio::select! {
+            result = catalog.run_until_stopped(std::future::pending()) => result.context("the catalog stopped")?,
+            result = scheduler.run_until_stopped(std::future::pending()) => result.context("the scheduler stopped")?,
+            () = shutdown_signal() => eprintln!("arca server: stopping"),
+        }
+        anyhow::Ok(())
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    drop(nats_child);
+    result.map(|()| 0)
+}
+
+/// Starts `nats-server -js` on `127.0.0.1:port` with its store in `data_dir/nats`.
+fn start_nats(data_dir: &Path, port: u16) -> Result<(String, NatsChild)> {
+    if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        bail!("port {port} is taken: pass --nats URL to use that server, or --nats-port for another port");
+    }
+    let program = nats_server_program()?;
+    let log_path = data_dir.join("nats.log");
+    let log = std::fs::File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
+    let child = Command::new(&program)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(data_dir.join("nats"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("start {}", program.display()))?;
+    let mut child = NatsChild(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.0.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("nats-server exited ({status}): {}", log.lines().last().unwrap_or("no output"));
+        }
+        if Instant::now() > deadline {
+            bail!("nats-server did not listen on 127.0.0.1:{port} within 10 s (log: {})", log_path.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((format!("nats://127.0.0.1:{port}"), child))
+}
+
+/// `$ARCA_NATS_SERVER`, the pinned build from `infra/dev/ensure-tools.sh`, else `PATH`.
+fn nats_server_program() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("ARCA_NATS_SERVER") {
+        return Ok(path.into());
+    }
+    let tools = std::env::var_os("ARCA_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/arca/tools")));
+    let pinned = tools.map(|dir| dir.join("bin/nats-server")).filter(|p| p.is_file());
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file());
+    pinned.or(on_path).context("no nats-server found: run infra/dev/ensure-tools.sh, or set ARCA_NATS_SERVER")
+}
+
+async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
