@@ -17,7 +17,7 @@
 
 mod apply;
 
-use arca_events::{AggregateRef, Envelope, Event};
+use arca_events::{AggregateRef, AggregateType, Envelope, Event};
 use bytes::Bytes;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
@@ -183,11 +183,15 @@ fn decode(raw: &RawEvent) -> Result<(Envelope, Event), String> {
             aggregate.subject()
         ));
     }
+    if envelope.aggregate == AggregateType::Tenant && envelope.aggregate_id != envelope.tenant.as_uuid() {
+        return Err(format!("tenant event for `{}` on tenant `{}`'s subject", envelope.aggregate_id, envelope.tenant));
+    }
     let event = envelope.event().map_err(|e| e.to_string())?;
     Ok((envelope, event))
 }
 
 fn audit_row(stream_sequence: i64, envelope: Envelope) -> audit_events::Model {
+    let payload = audit_payload(&envelope.event_type, envelope.payload).to_string();
     audit_events::Model {
         stream_sequence,
         event_id: envelope.id,
@@ -200,8 +204,19 @@ fn audit_row(stream_sequence: i64, envelope: Envelope) -> audit_events::Model {
         time: envelope.time,
         correlation_id: envelope.correlation_id,
         causation_id: envelope.causation_id,
-        payload: envelope.payload.to_string(),
+        payload,
     }
+}
+
+/// The payload as the audit log shows it: an API key's hash stays in the `api_keys` table,
+/// which never lists it.
+fn audit_payload(event_type: &str, mut payload: serde_json::Value) -> serde_json::Value {
+    if event_type == "ApiKeyCreated"
+        && let Some(fields) = payload.as_object_mut()
+    {
+        fields.remove("hash");
+    }
+    payload
 }
 
 /// Inserts `rows` with as few statements as [`statement_chunks`] allows.

@@ -37,10 +37,13 @@ pub trait AggregateRow {
 
     /// The aggregate sequence of the last event applied.
     fn version(&self) -> i64;
+
+    /// The tenant the row belongs to.
+    fn owner(&self) -> Uuid;
 }
 
 macro_rules! aggregate_row {
-    ($($table:ident),*) => {
+    ($owner:ident: $($table:ident),*) => {
         $(
             impl AggregateRow for $table::Model {
                 fn row_id(&self) -> Uuid {
@@ -55,12 +58,17 @@ macro_rules! aggregate_row {
                 fn version(&self) -> i64 {
                     self.version
                 }
+
+                fn owner(&self) -> Uuid {
+                    self.$owner
+                }
             }
         )*
     };
 }
 
-aggregate_row!(tenants, api_keys, targets, sources, policies, jobs, snapshots, replicas, restores);
+aggregate_row!(id: tenants);
+aggregate_row!(tenant_id: api_keys, targets, sources, policies, jobs, snapshots, replicas, restores);
 
 /// Serialises a JSON text column as the JSON it holds (text that is not JSON stays a string).
 pub(crate) fn json_text<S: Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::Error> {

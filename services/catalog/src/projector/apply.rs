@@ -493,11 +493,15 @@ impl<M: AggregateRow + Clone> Table<M> {
     /// Creates the aggregate's row from its first event.
     fn create(&mut self, envelope: &Envelope, row: M) {
         let id = envelope.aggregate_id;
-        if let Some(Some(existing)) = self.rows.get(&id)
-            && existing.version() >= sequence_to_db(envelope.sequence)
-        {
-            stale(envelope, existing.version());
-            return;
+        if let Some(Some(existing)) = self.rows.get(&id) {
+            if existing.owner() != envelope.tenant.as_uuid() {
+                foreign(envelope, existing.owner());
+                return;
+            }
+            if existing.version() >= sequence_to_db(envelope.sequence) {
+                stale(envelope, existing.version());
+                return;
+            }
         }
         self.rows.insert(id, Some(row));
         self.dirty.insert(id);
@@ -509,6 +513,10 @@ impl<M: AggregateRow + Clone> Table<M> {
         let id = envelope.aggregate_id;
         let version = sequence_to_db(envelope.sequence);
         match self.rows.get(&id) {
+            Some(Some(row)) if row.owner() != envelope.tenant.as_uuid() => {
+                foreign(envelope, row.owner());
+                return None;
+            }
             Some(Some(row)) if row.version() >= version => {
                 stale(envelope, row.version());
                 return None;
@@ -581,6 +589,19 @@ fn primary_key_column<E: EntityTrait>() -> E::Column {
 
 /// An event the row has already seen (the same event published twice under two stream
 /// sequences): applying it again would double counters, so it is audited only.
+/// An event on another tenant's subject naming this tenant's aggregate id: ids are chosen by
+/// callers, so this is refused rather than letting one tenant change another's rows.
+fn foreign(envelope: &Envelope, owner: Uuid) {
+    tracing::warn!(
+        aggregate = envelope.aggregate.as_str(),
+        id = %envelope.aggregate_id,
+        tenant = %envelope.tenant,
+        owner = %owner,
+        event_type = %envelope.event_type,
+        "event for an aggregate id that belongs to another tenant; audited, not projected"
+    );
+}
+
 fn stale(envelope: &Envelope, row_version: i64) {
     tracing::warn!(
         aggregate = envelope.aggregate.as_str(),

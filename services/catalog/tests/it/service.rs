@@ -423,3 +423,87 @@ async fn queries_are_scoped_by_tenant_and_paginated() {
         "a query without a tenant: {bad:?}"
     );
 }
+
+#[tokio::test]
+async fn one_tenant_cannot_change_another_tenants_rows_by_reusing_an_id() {
+    let server = arca_testkit::nats_server();
+    let log = log(&server).await;
+    let db = Db::sqlite();
+    let (stats, _task) = service::spawn(CatalogConfig::new(server.url.clone(), db.url())).await.unwrap();
+    let a = log.tenant_history("a", 0).await;
+    let b = log.tenant_history("b", 0).await;
+    caught_up(&log, || stats.last_applied.load(std::sync::atomic::Ordering::Relaxed)).await;
+    let connection = arca_catalog::db::connect(&db.url()).await.unwrap();
+    let before = arca_catalog::dump::dump_all(&connection).await.unwrap();
+    let a_target = before["targets"]
+        .iter()
+        .find(|row| row["tenant_id"] == a.to_string())
+        .map(|row| row["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap())
+        .unwrap();
+    // B appends to its own subject, but with A's target id and A's tenant id.
+    let update =
+        Event::from(TargetUpdated { name: "hijacked".into(), settings: Default::default(), credentials: None });
+    let stored = log
+        .store
+        .append(
+            AggregateRef::new(b, AggregateType::Target, a_target),
+            Version::default(),
+            &[update],
+            &Metadata::new_root(),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    let rename = Event::from(TenantRenamed { name: "hijacked".into() });
+    log.store
+        .append(
+            AggregateRef::new(b, AggregateType::Tenant, a.0),
+            Version::default(),
+            &[rename],
+            &Metadata::new_root(),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    caught_up(&log, || stats.last_applied.load(std::sync::atomic::Ordering::Relaxed)).await;
+    assert!(stored[0].stream_sequence > 0);
+    let after = arca_catalog::dump::dump_all(&connection).await.unwrap();
+    assert!(after["targets"] == before["targets"], "A's target is untouched");
+    assert!(after["tenants"] == before["tenants"], "A's tenant is untouched");
+}
+
+#[tokio::test]
+async fn the_audit_log_never_shows_an_api_key_hash() {
+    let server = arca_testkit::nats_server();
+    let log = log(&server).await;
+    let db = Db::sqlite();
+    let (stats, _task) = service::spawn(CatalogConfig::new(server.url.clone(), db.url())).await.unwrap();
+    let tenant = log.tenant_history("keys", 0).await;
+    let hash = "ab".repeat(32);
+    log.aggregate(
+        tenant,
+        AggregateType::ApiKey,
+        ApiKeyId::new().0,
+        vec![
+            ApiKeyCreated {
+                name: "ci".into(),
+                role: Role::Operator,
+                prefix: "arca_ab".into(),
+                hash: hash.clone(),
+                expires_at: None,
+            }
+            .into(),
+        ],
+    )
+    .await;
+    caught_up(&log, || stats.last_applied.load(std::sync::atomic::Ordering::Relaxed)).await;
+    for subject in ["arca.q.catalog.audit.list", "arca.q.catalog.api_keys.list"] {
+        let page: serde_json::Value = log
+            .bus
+            .request(subject, &serde_json::json!({ "tenant": tenant, "limit": 500 }), None, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert!(!page["items"].as_array().unwrap().is_empty(), "{subject}");
+        assert!(!page.to_string().contains(&hash), "{subject} shows the hash: {page}");
+    }
+}
