@@ -153,23 +153,64 @@ impl Projector {
             events_applied: state.events_applied + outcome.applied as i64,
             events_skipped: state.events_skipped + outcome.malformed as i64,
         };
-        projection_state::Entity::insert(projection_state::ActiveModel::from(state))
-            .on_conflict(
-                OnConflict::column(projection_state::Column::Name)
-                    .update_columns([
-                        projection_state::Column::LastSequence,
-                        projection_state::Column::EventsApplied,
-                        projection_state::Column::EventsSkipped,
-                    ])
-                    .to_owned(),
-            )
-            .exec_without_returning(&txn)
-            .await
-            .map_err(db_err("store the projection position"))?;
+        store_state(&txn, state).await?;
         txn.commit().await.map_err(db_err("commit the projection transaction"))?;
         tracing::debug!(?outcome, "projected a batch");
         Ok(outcome)
     }
+}
+
+impl Projector {
+    /// Records `raw` as unusable (with `error`) and moves the position past it, without
+    /// applying it: for an event the database refuses however often it is tried.
+    pub async fn skip_unusable(&self, raw: &RawEvent, error: &str) -> Result<(), CatalogError> {
+        let txn = self.db.begin().await.map_err(db_err("begin the projection transaction"))?;
+        let state = projection_state::Entity::find_by_id(PROJECTION_NAME)
+            .lock_exclusive()
+            .one(&txn)
+            .await
+            .map_err(db_err("read the projection position"))?
+            .unwrap_or(projection_state::Model {
+                name: PROJECTION_NAME.to_owned(),
+                last_sequence: 0,
+                events_applied: 0,
+                events_skipped: 0,
+            });
+        if raw.stream_sequence <= sequence_from_db(state.last_sequence) {
+            return Ok(());
+        }
+        let stream_sequence =
+            i64::try_from(raw.stream_sequence).map_err(|_| CatalogError::SequenceOutOfRange(raw.stream_sequence))?;
+        tracing::error!(stream_sequence, subject = %raw.subject, error, "skipping an event the database refuses");
+        // The database refused this event's text once; keep the record plain.
+        let error: String = error.chars().filter(|c| *c != '\0').take(2000).collect();
+        let row = projection_errors::Model { stream_sequence, subject: raw.subject.replace('\0', ""), error };
+        insert_all::<projection_errors::Entity>(&txn, vec![row], "record a projection error").await?;
+        let state = projection_state::Model {
+            last_sequence: stream_sequence,
+            events_skipped: state.events_skipped + 1,
+            ..state
+        };
+        store_state(&txn, state).await?;
+        txn.commit().await.map_err(db_err("commit the projection transaction"))
+    }
+}
+
+async fn store_state(txn: &DatabaseTransaction, state: projection_state::Model) -> Result<(), CatalogError> {
+    projection_state::Entity::insert(projection_state::ActiveModel::from(state))
+        .on_conflict(
+            OnConflict::column(projection_state::Column::Name)
+                .update_columns([
+                    projection_state::Column::LastSequence,
+                    projection_state::Column::EventsApplied,
+                    projection_state::Column::EventsSkipped,
+                ])
+                .to_owned(),
+        )
+        .exec_without_returning(txn)
+        .await
+        .map_err(db_err("store the projection position"))?;
+    Ok(())
 }
 
 /// The envelope and its event, or why the message is unusable.

@@ -13,7 +13,7 @@ use sea_orm::DatabaseConnection;
 use tokio::task::JoinHandle;
 
 use crate::error::CatalogError;
-use crate::projector::{Projector, RawEvent};
+use crate::projector::{BatchOutcome, Projector, RawEvent};
 
 /// The most events one transaction applies.
 pub const MAX_BATCH: usize = 1000;
@@ -115,39 +115,100 @@ async fn project(bus: Bus, db: DatabaseConnection, name: String, stats: Arc<Stat
                     _ => break,
                 }
             }
-            let raw: Vec<RawEvent> = batch
-                .iter()
-                .filter_map(|message| {
-                    let info = message.info().ok()?;
-                    Some(RawEvent {
-                        stream_sequence: info.stream_sequence,
-                        subject: message.subject.to_string(),
-                        payload: message.payload.clone(),
-                    })
-                })
-                .collect();
-            let outcome = loop {
-                match projector.apply_batch(&raw).await {
-                    Ok(outcome) => break outcome,
-                    Err(e) => {
-                        // The database is away: keep the batch (unacked) and try again.
-                        tracing::error!(error = %e, "projecting a batch failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
+            // Only a gap-free run is applied: the log has no holes, so a missing sequence is a
+            // message lost in transit, and acking past it would skip it for good.
+            let mut raw = Vec::with_capacity(batch.len());
+            let mut expected = last + 1;
+            let mut gap = false;
+            for message in &batch {
+                let Ok(info) = message.info() else {
+                    gap = true;
+                    break;
+                };
+                let sequence = info.stream_sequence;
+                if sequence > expected && !deleted_between(&bus, expected, sequence).await? {
+                    tracing::warn!(expected, got = sequence, "a gap in the event log delivery; resubscribing");
+                    gap = true;
+                    break;
                 }
-            };
-            last = last.max(outcome.last_sequence);
-            stats.last_applied.store(last, Ordering::Relaxed);
-            stats.applied.fetch_add(outcome.applied, Ordering::Relaxed);
-            stats.malformed.fetch_add(outcome.malformed, Ordering::Relaxed);
-            stats.duplicates.fetch_add(outcome.skipped_duplicates, Ordering::Relaxed);
-            // Ack-all: acking the last acks the batch. A crash before this only causes
-            // redelivery, which the stored sequence turns into skips.
-            if let Err(e) = batch.last().expect("a non-empty batch").ack().await {
-                tracing::warn!(error = %e, "acking a projected batch failed; it will be redelivered and skipped");
+                expected = expected.max(sequence + 1);
+                raw.push(RawEvent {
+                    stream_sequence: sequence,
+                    subject: message.subject.to_string(),
+                    payload: message.payload.clone(),
+                });
+            }
+            if !raw.is_empty() {
+                let outcome = apply(&projector, &raw).await?;
+                last = last.max(outcome.last_sequence);
+                stats.last_applied.store(last, Ordering::Relaxed);
+                stats.applied.fetch_add(outcome.applied, Ordering::Relaxed);
+                stats.malformed.fetch_add(outcome.malformed, Ordering::Relaxed);
+                stats.duplicates.fetch_add(outcome.skipped_duplicates, Ordering::Relaxed);
+                // Ack-all: acking the last applied message acks the run. A crash before this
+                // only causes redelivery, which the stored sequence turns into skips.
+                if let Err(e) = batch[raw.len() - 1].ack().await {
+                    tracing::warn!(error = %e, "acking a projected batch failed; it will be redelivered and skipped");
+                }
+            }
+            if gap {
+                break;
             }
         }
     }
+}
+
+/// Applies `raw`, waiting out a database that is away. An event the database refuses for
+/// good (not retryable) is found by halving the batch, recorded and skipped, so one bad
+/// event never stops the projection.
+async fn apply(projector: &Projector, raw: &[RawEvent]) -> Result<BatchOutcome, CatalogError> {
+    let mut pending: Vec<&[RawEvent]> = vec![raw];
+    let mut total = BatchOutcome::default();
+    while let Some(part) = pending.pop() {
+        match projector.apply_batch(part).await {
+            Ok(outcome) => {
+                total.applied += outcome.applied;
+                total.malformed += outcome.malformed;
+                total.skipped_duplicates += outcome.skipped_duplicates;
+                total.last_sequence = total.last_sequence.max(outcome.last_sequence);
+            }
+            Err(e) if e.is_retryable() => {
+                tracing::error!(error = %e, "projecting a batch failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                pending.push(part);
+            }
+            Err(e) if part.len() == 1 => {
+                projector.skip_unusable(&part[0], &e.to_string()).await?;
+                total.malformed += 1;
+                total.last_sequence = total.last_sequence.max(part[0].stream_sequence);
+            }
+            Err(_) => {
+                let (head, tail) = part.split_at(part.len() / 2);
+                // A stack: the head is applied first.
+                pending.push(tail);
+                pending.push(head);
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// True when every message from `from` up to (not including) `to` is gone from the stream
+/// (deleted or purged), so skipping them loses nothing.
+async fn deleted_between(bus: &Bus, from: u64, to: u64) -> Result<bool, CatalogError> {
+    let stream: Stream = bus
+        .jetstream()
+        .get_stream(EVENTS_STREAM)
+        .await
+        .map_err(|e| BusError::unavailable("open the EVENTS stream", e))?;
+    for sequence in from..to {
+        match stream.get_raw_message(sequence).await {
+            Err(e) if matches!(e.kind(), async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound) => {}
+            Ok(_) => return Ok(false),
+            Err(e) => return Err(BusError::unavailable(format!("look for event {sequence}"), e).into()),
+        }
+    }
+    Ok(true)
 }
 
 /// Replays the whole event log into an empty database. Returns how many events were read.
@@ -174,11 +235,18 @@ pub async fn rebuild(bus: &Bus, db: DatabaseConnection) -> Result<u64, CatalogEr
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut done = false;
     while !done {
-        let Some(message) = messages.next().await else { break };
+        let Some(message) = messages.next().await else {
+            return Err(BusError::Unavailable {
+                operation: "replay the event log".into(),
+                reason: "the replay ended early".into(),
+            }
+            .into());
+        };
         let message = message.map_err(|e| BusError::unavailable("replay the event log", e))?;
         let info = message.info().map_err(|e| BusError::unavailable("replay the event log", e))?;
         let sequence = info.stream_sequence;
-        done = sequence >= end;
+        // The end of the log as it was when the rebuild started (`pending` covers a last message that was deleted).
+        done = sequence >= end || info.pending == 0;
         batch.push(RawEvent {
             stream_sequence: sequence,
             subject: message.subject.to_string(),
@@ -186,7 +254,7 @@ pub async fn rebuild(bus: &Bus, db: DatabaseConnection) -> Result<u64, CatalogEr
         });
         read += 1;
         if batch.len() >= MAX_BATCH || done {
-            projector.apply_batch(&batch).await?;
+            apply(&projector, &batch).await?;
             batch.clear();
         }
     }

@@ -507,3 +507,36 @@ async fn the_audit_log_never_shows_an_api_key_hash() {
         assert!(!page.to_string().contains(&hash), "{subject} shows the hash: {page}");
     }
 }
+
+#[tokio::test]
+async fn an_event_the_database_refuses_is_recorded_and_skipped_not_retried_forever() {
+    let server = arca_testkit::nats_server();
+    let log = log(&server).await;
+    let db = Db::postgres();
+    let (stats, _task) = service::spawn(CatalogConfig::new(server.url.clone(), db.url())).await.unwrap();
+    log.tenant_history("before", 1).await;
+    // Valid JSON that PostgreSQL text columns refuse: a NUL character.
+    let poisoned = TenantId::new();
+    let event = Event::from(TenantCreated { name: "nul\u{0}name".into(), quota_bytes: None });
+    let stored = log
+        .store
+        .append(
+            AggregateRef::new(poisoned, AggregateType::Tenant, poisoned),
+            Version::default(),
+            &[event],
+            &Metadata::new_root(),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    log.tenant_history("after", 1).await;
+    caught_up(&log, || stats.last_applied.load(std::sync::atomic::Ordering::Relaxed)).await;
+
+    let tables = arca_catalog::dump::dump_all(&arca_catalog::db::connect(&db.url()).await.unwrap()).await.unwrap();
+    let errors: Vec<u64> =
+        tables["projection_errors"].iter().map(|row| row["stream_sequence"].as_u64().unwrap()).collect();
+    assert_eq!(errors, [stored[0].stream_sequence]);
+    let names: Vec<&str> = tables["tenants"].iter().map(|row| row["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&"after"), "events after the refused one are applied: {names:?}");
+}
