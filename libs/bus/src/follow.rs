@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::Stream;
 
 use crate::{Bus, BusError, EVENTS_STREAM};
@@ -31,7 +32,23 @@ pub async fn durable_consumer(
         .get_stream(EVENTS_STREAM)
         .await
         .map_err(|e| BusError::unavailable("open the EVENTS stream", e))?;
-    if let Ok(mut existing) = stream.get_consumer::<pull::Config>(name).await {
+    // Only "not found" means there is none; anything else (a timeout) is an error, not a reason to recreate.
+    let exists = match stream.consumer_info(name).await {
+        Ok(_) => true,
+        Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => false,
+        Err(e) => return Err(BusError::unavailable(format!("read consumer {name}"), e)),
+    };
+    let existing = if exists {
+        Some(
+            stream
+                .get_consumer::<pull::Config>(name)
+                .await
+                .map_err(|e| BusError::unavailable(format!("open consumer {name}"), e))?,
+        )
+    } else {
+        None
+    };
+    if let Some(mut existing) = existing {
         let info = existing.info().await.map_err(|e| BusError::unavailable(format!("read consumer {name}"), e))?;
         let delivered = info.delivered.stream_sequence;
         let same_filter = info.config.filter_subject == filter_subject.unwrap_or_default();

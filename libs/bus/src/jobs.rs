@@ -211,7 +211,10 @@ impl JobDelivery {
     /// Sends progress acks every third of the ack wait until the returned handle is dropped.
     pub fn keep_alive(&self) -> KeepAlive {
         let message = self.message.clone();
-        let every = self.config.ack_wait / 3;
+        // The server's deadline is the ack wait, or the backoff entry for this delivery.
+        let deadline =
+            self.config.backoff.iter().copied().chain([self.config.ack_wait]).min().unwrap_or(self.config.ack_wait);
+        let every = (deadline / 3).max(std::time::Duration::from_millis(100));
         KeepAlive(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -264,8 +267,12 @@ pub async fn dead_letter(
     let meta = Metadata { trace: ticket.trace.clone(), ..Metadata::new_root() };
     match store.execute::<Job>(ticket.tenant, ticket.job, &command, &meta).await {
         Ok(_) => Ok(()),
-        Err(ExecuteError::Domain(e)) => {
+        Err(ExecuteError::Domain(e @ arca_domain::DomainError::IllegalTransition { .. })) => {
             tracing::info!(job = %ticket.job, error = %e, "not dead-lettering a job that has already ended");
+            Ok(())
+        }
+        Err(ExecuteError::Domain(e)) => {
+            tracing::warn!(job = %ticket.job, error = %e, "the job refused its dead letter");
             Ok(())
         }
         Err(e) => Err(e),
@@ -306,8 +313,18 @@ pub async fn watch_dead_letters(store: EventStore) -> Result<JoinHandle<()>, Bus
             };
             if let Some(ticket) = ticket {
                 let error = format!("no worker finished the job in {} deliveries", advisory.deliveries);
-                if let Err(e) = dead_letter(&store, &ticket, advisory.deliveries, &error).await {
-                    tracing::error!(job = %ticket.job, error = %e, "could not dead-letter a job");
+                let mut attempt = 0;
+                while let Err(e) = dead_letter(&store, &ticket, advisory.deliveries, &error).await {
+                    attempt += 1;
+                    if attempt >= 10 {
+                        // The ticket stays on the queue; the job stays as it was.
+                        tracing::error!(job = %ticket.job, error = %e, "could not dead-letter a job; giving up");
+                        break;
+                    }
+                    tracing::warn!(job = %ticket.job, error = %e, attempt, "could not dead-letter a job; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt.min(6))).await;
+                }
+                if attempt >= 10 {
                     continue;
                 }
             }

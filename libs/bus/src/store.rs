@@ -194,7 +194,25 @@ impl EventStore {
                     Err(e) => Err(e),
                 }
             }
-            _ => self.append_batch(&subject, expected, envelopes).await,
+            _ => {
+                let first_id = envelopes[0].id;
+                match self.append_batch(&subject, expected, envelopes.clone()).await {
+                    // As for one event: a retried batch whose commit ack was lost. Batches
+                    // are atomic, so finding the first event means all of them are stored.
+                    Err(conflict @ BusError::Conflict { .. }) => match self.next_after(&subject, expected).await? {
+                        Some(stored) if stored.envelope.id == first_id => Ok(envelopes
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, envelope)| StoredEvent {
+                                stream_sequence: stored.stream_sequence + i as u64,
+                                envelope,
+                            })
+                            .collect()),
+                        _ => Err(conflict),
+                    },
+                    other => other,
+                }
+            }
         }
     }
 
@@ -251,7 +269,10 @@ impl EventStore {
             what: format!("batch ack for `{subject}`"),
             reason: format!("no sequence in {ack}"),
         })?;
-        let first = last + 1 - count as u64;
+        let first = (last + 1).checked_sub(count as u64).ok_or_else(|| BusError::Malformed {
+            what: format!("batch ack for `{subject}`"),
+            reason: format!("sequence {last} is smaller than the batch of {count}"),
+        })?;
         Ok(envelopes
             .into_iter()
             .enumerate()

@@ -209,9 +209,17 @@ fn not_found() -> RemoteError {
     RemoteError::new("not_found", "no such object")
 }
 
+/// A typed error for the caller; database details stay in this service's log.
 fn remote(error: CatalogError) -> RemoteError {
     match error {
         CatalogError::InvalidCursor(_) => RemoteError::new("bad_request", error.to_string()),
-        other => RemoteError::new("unavailable", other.to_string()),
+        other if other.is_retryable() => {
+            tracing::warn!(error = %other, "a catalog query failed; the caller may retry");
+            RemoteError::new("unavailable", "the catalog database is not reachable; try again")
+        }
+        other => {
+            tracing::error!(error = %other, "a catalog query failed");
+            RemoteError::new("internal", "the catalog could not answer this query")
+        }
     }
 }

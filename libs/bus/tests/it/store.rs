@@ -158,3 +158,23 @@ async fn trace_context_travels_in_the_envelope_and_the_headers() {
     assert_eq!(envelope.trace, meta.trace);
     assert_eq!(envelope.correlation_id, meta.correlation_id);
 }
+
+#[tokio::test]
+async fn a_retried_batch_whose_ack_was_lost_is_not_a_conflict() {
+    let h = harness().await;
+    let tenant = create_tenant(&h, "retry").await;
+    let loaded = h.store.load(tenant_ref(tenant)).await.unwrap();
+    let meta = Metadata::new_root();
+    let envelopes: Vec<Envelope> =
+        [Event::from(TenantRenamed { name: "y".into() }), TenantQuotaSet { quota_bytes: Some(5) }.into()]
+            .iter()
+            .enumerate()
+            .map(|(i, event)| {
+                Envelope::new(tenant_ref(tenant), loaded.version.sequence + 1 + i as u64, event, Utc::now(), &meta)
+            })
+            .collect();
+    let first = h.store.append_envelopes(tenant_ref(tenant), loaded.version, envelopes.clone()).await.unwrap();
+    let retried = h.store.append_envelopes(tenant_ref(tenant), loaded.version, envelopes).await.unwrap();
+    assert_eq!(first, retried);
+    assert_eq!(h.store.load(tenant_ref(tenant)).await.unwrap().events.len(), 3, "stored once");
+}
