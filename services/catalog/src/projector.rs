@@ -98,17 +98,7 @@ impl Projector {
     /// retried); bad events are counted in [`BatchOutcome::malformed`].
     pub async fn apply_batch(&self, batch: &[RawEvent]) -> Result<BatchOutcome, CatalogError> {
         let txn = self.db.begin().await.map_err(db_err("begin the projection transaction"))?;
-        let state = projection_state::Entity::find_by_id(PROJECTION_NAME)
-            .lock_exclusive()
-            .one(&txn)
-            .await
-            .map_err(db_err("read the projection position"))?
-            .unwrap_or(projection_state::Model {
-                name: PROJECTION_NAME.to_owned(),
-                last_sequence: 0,
-                events_applied: 0,
-                events_skipped: 0,
-            });
+        let state = locked_state(&txn).await?;
 
         let mut outcome = BatchOutcome { last_sequence: sequence_from_db(state.last_sequence), ..Default::default() };
         let mut decoded = Vec::with_capacity(batch.len());
@@ -165,17 +155,7 @@ impl Projector {
     /// applying it: for an event the database refuses however often it is tried.
     pub async fn skip_unusable(&self, raw: &RawEvent, error: &str) -> Result<(), CatalogError> {
         let txn = self.db.begin().await.map_err(db_err("begin the projection transaction"))?;
-        let state = projection_state::Entity::find_by_id(PROJECTION_NAME)
-            .lock_exclusive()
-            .one(&txn)
-            .await
-            .map_err(db_err("read the projection position"))?
-            .unwrap_or(projection_state::Model {
-                name: PROJECTION_NAME.to_owned(),
-                last_sequence: 0,
-                events_applied: 0,
-                events_skipped: 0,
-            });
+        let state = locked_state(&txn).await?;
         if raw.stream_sequence <= sequence_from_db(state.last_sequence) {
             return Ok(());
         }
@@ -194,6 +174,21 @@ impl Projector {
         store_state(&txn, state).await?;
         txn.commit().await.map_err(db_err("commit the projection transaction"))
     }
+}
+
+/// The projection's position, locked for this transaction (on PostgreSQL).
+async fn locked_state(txn: &DatabaseTransaction) -> Result<projection_state::Model, CatalogError> {
+    let state = projection_state::Entity::find_by_id(PROJECTION_NAME)
+        .lock_exclusive()
+        .one(txn)
+        .await
+        .map_err(db_err("read the projection position"))?;
+    Ok(state.unwrap_or(projection_state::Model {
+        name: PROJECTION_NAME.to_owned(),
+        last_sequence: 0,
+        events_applied: 0,
+        events_skipped: 0,
+    }))
 }
 
 async fn store_state(txn: &DatabaseTransaction, state: projection_state::Model) -> Result<(), CatalogError> {
