@@ -30,6 +30,9 @@ impl RemoteError {
     }
 }
 
+/// Queries one `serve` answers at the same time.
+pub const MAX_CONCURRENT_QUERIES: usize = 64;
+
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Reply<T> {
@@ -88,11 +91,16 @@ impl Bus {
             .await
             .map_err(|e| BusError::unavailable(format!("serve `{subject}`"), e))?;
         let client = self.client().clone();
+        // A burst of queries waits here instead of opening unbounded work (and database
+        // connections) at once.
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_QUERIES));
         Ok(tokio::spawn(async move {
             while let Some(message) = requests.next().await {
                 let Some(reply_to) = message.reply.clone() else { continue };
                 let (client, handler) = (client.clone(), handler.clone());
+                let Ok(permit) = limit.clone().acquire_owned().await else { break };
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let trace = headers::trace_of(message.headers.as_ref());
                     let reply = match serde_json::from_slice::<Q>(&message.payload) {
                         Ok(query) => match handler(message.subject.to_string(), query, trace).await {

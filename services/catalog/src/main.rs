@@ -24,9 +24,9 @@ struct Cli {
 enum Command {
     /// Project events and answer queries until stopped.
     Run {
-        /// Durable consumer name (one per catalog database).
-        #[arg(long, default_value = "catalog")]
-        consumer: String,
+        /// Durable consumer name (default: derived from the database URL; one per database).
+        #[arg(long)]
+        consumer: Option<String>,
     },
     /// Replay the whole event log into an empty database.
     Rebuild,
@@ -44,8 +44,11 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { consumer } => {
-            let config =
-                CatalogConfig { consumer, replicas: cli.stream_replicas, ..CatalogConfig::new(cli.nats, cli.database) };
+            let mut config =
+                CatalogConfig { replicas: cli.stream_replicas, ..CatalogConfig::new(cli.nats, cli.database) };
+            if let Some(consumer) = consumer {
+                config.consumer = consumer;
+            }
             let catalog = Catalog::build(config).await.context("start the catalog")?;
             tracing::info!("catalog running");
             catalog.run_until_stopped(shutdown_signal()).await.context("catalog stopped")?;

@@ -24,14 +24,18 @@ pub struct CatalogConfig {
     pub nats_url: String,
     /// `sqlite://path?mode=rwc`, `sqlite::memory:` or `postgres://…`
     pub database_url: String,
-    /// The durable consumer's name; one per catalog database.
+    /// The durable consumer's name; one per catalog database (see [`CatalogConfig::new`]).
     pub consumer: String,
     pub replicas: usize,
 }
 
 impl CatalogConfig {
+    /// The consumer is named after the database: catalogs with their own databases never
+    /// share (and split) one consumer, and a restarted catalog finds its own again.
     pub fn new(nats_url: impl Into<String>, database_url: impl Into<String>) -> Self {
-        Self { nats_url: nats_url.into(), database_url: database_url.into(), consumer: "catalog".into(), replicas: 1 }
+        let database_url = database_url.into();
+        let consumer = format!("catalog-{}", &blake3::hash(database_url.as_bytes()).to_hex()[..16]);
+        Self { nats_url: nats_url.into(), database_url, consumer, replicas: 1 }
     }
 }
 

@@ -540,3 +540,22 @@ async fn an_event_the_database_refuses_is_recorded_and_skipped_not_retried_forev
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(names.contains(&"after"), "events after the refused one are applied: {names:?}");
 }
+
+#[tokio::test]
+async fn two_catalogs_with_their_own_databases_each_see_every_event() {
+    let server = arca_testkit::nats_server();
+    let log = log(&server).await;
+    let (first_db, second_db) = (Db::sqlite(), Db::sqlite());
+    let (first, _a) = service::spawn(CatalogConfig::new(server.url.clone(), first_db.url())).await.unwrap();
+    let (second, _b) = service::spawn(CatalogConfig::new(server.url.clone(), second_db.url())).await.unwrap();
+    for i in 0..4 {
+        log.tenant_history(&format!("t{i}"), 3).await;
+    }
+    caught_up(&log, || first.last_applied.load(std::sync::atomic::Ordering::Relaxed)).await;
+    caught_up(&log, || second.last_applied.load(std::sync::atomic::Ordering::Relaxed)).await;
+    let end = log.store.last_sequence().await.unwrap();
+    for db in [&first_db, &second_db] {
+        let tables = arca_catalog::dump::dump_all(&arca_catalog::db::connect(&db.url()).await.unwrap()).await.unwrap();
+        assert_eq!(tables["audit_events"].len() as u64, end, "every event in each database");
+    }
+}
