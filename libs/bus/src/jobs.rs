@@ -47,12 +47,14 @@ pub fn job_subject(kind: JobKind, site: Option<&str>) -> String {
 /// `<policy>:<scheduled time>`); returns false when JetStream already had that id.
 pub async fn enqueue(bus: &Bus, ticket: &JobTicket, message_id: &str) -> Result<bool, BusError> {
     let subject = job_subject(ticket.kind, ticket.site.as_deref());
-    let mut message = PublishMessage::build()
+    let mut trace_headers = async_nats::HeaderMap::new();
+    if let Some(trace) = &ticket.trace {
+        headers::insert_trace(&mut trace_headers, trace);
+    }
+    let message = PublishMessage::build()
+        .headers(trace_headers)
         .payload(Bytes::from(serde_json::to_vec(ticket).expect("a ticket serialises")))
         .message_id(message_id);
-    if let Some(trace) = &ticket.trace {
-        message = message.header(headers::TRACEPARENT, trace.traceparent.as_str());
-    }
     let ack = bus
         .jetstream()
         .send_publish(subject.clone(), message)

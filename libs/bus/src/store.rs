@@ -160,19 +160,16 @@ impl EventStore {
             0 => Ok(Vec::new()),
             1 => {
                 let envelope = envelopes.into_iter().next().expect("one envelope");
-                let mut message = PublishMessage::build()
+                let mut headers = HeaderMap::new();
+                if let Some(trace) = &envelope.trace {
+                    headers::insert_trace(&mut headers, trace);
+                }
+                // `headers` first: it replaces the map the header setters below add to.
+                let message = PublishMessage::build()
+                    .headers(headers)
                     .payload(Bytes::from(envelope.to_json()))
                     .message_id(envelope.id.to_string())
                     .expected_last_subject_sequence(expected.stream_sequence);
-                if let Some(trace) = &envelope.trace {
-                    let mut headers = HeaderMap::new();
-                    headers::insert_trace(&mut headers, trace);
-                    for (name, values) in headers.iter() {
-                        for value in values {
-                            message = message.header(name.clone(), value.clone());
-                        }
-                    }
-                }
                 let published = async {
                     self.bus
                         .jetstream()
@@ -312,7 +309,7 @@ impl EventStore {
                 Err(BusError::Conflict { .. }) if conflicts < MAX_CONFLICT_RETRIES => {
                     conflicts += 1;
                     tracing::debug!(subject = %aggregate.subject(), conflicts, "lost an append race; reloading");
-                    tokio::time::sleep(Duration::from_millis(fastrand_jitter(conflicts))).await;
+                    tokio::time::sleep(Duration::from_millis(retry_pause_ms(conflicts))).await;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -335,8 +332,8 @@ impl EventStore {
     }
 }
 
-/// A short, growing pause between retries so racing writers spread out.
-fn fastrand_jitter(attempt: usize) -> u64 {
+/// A short, growing pause between retries; the clock's nanoseconds spread racing writers out.
+fn retry_pause_ms(attempt: usize) -> u64 {
     let nanos = Utc::now().timestamp_subsec_nanos() as u64;
     (nanos % 5) + (attempt as u64).min(10)
 }
