@@ -2,6 +2,7 @@
 //! (the contract scripts rely on: `--repo`/`ARCA_REPO`, `ARCA_PASSWORD`/`--password-file`,
 //! `--json`, exit code 0 on success and non-zero with a one-line reason otherwise).
 
+mod control;
 mod progress;
 mod server;
 
@@ -131,6 +132,41 @@ enum Command {
     Catalog {
         #[command(subcommand)]
         command: CatalogCommand,
+    },
+    /// Tenants of the platform (`arca server`)
+    Tenant {
+        #[command(flatten)]
+        connection: control::Connection,
+        #[command(subcommand)]
+        command: control::TenantCommandArgs,
+    },
+    /// A tenant's targets: where its repositories live
+    Target {
+        #[command(flatten)]
+        connection: control::Connection,
+        #[command(subcommand)]
+        command: control::TargetCommandArgs,
+    },
+    /// A tenant's sources: what is backed up
+    Source {
+        #[command(flatten)]
+        connection: control::Connection,
+        #[command(subcommand)]
+        command: control::SourceCommandArgs,
+    },
+    /// A tenant's policies: source to target on a schedule, with retention and copies
+    Policy {
+        #[command(flatten)]
+        connection: control::Connection,
+        #[command(subcommand)]
+        command: control::PolicyCommandArgs,
+    },
+    /// Jobs: show and wait for them, verify and restore
+    Job {
+        #[command(flatten)]
+        connection: control::Connection,
+        #[command(subcommand)]
+        command: control::JobCommandArgs,
     },
 }
 
@@ -348,6 +384,11 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Backup(args) => run_backup(g, args),
         Command::Server(args) => server::run(args),
+        Command::Tenant { connection, command } => control::tenant(connection, command, g.json),
+        Command::Target { connection, command } => control::target(connection, command, g.json),
+        Command::Source { connection, command } => control::source(connection, command, g.json),
+        Command::Policy { connection, command } => control::policy(connection, command, g.json),
+        Command::Job { connection, command } => control::job(connection, command, g.json),
         Command::Catalog { command: CatalogCommand::Rebuild { nats, database } } => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let events = runtime.block_on(async {

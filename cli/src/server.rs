@@ -1,6 +1,8 @@
 //! `arca server`: the platform on one machine — a local nats-server it starts itself (unless
-//! given one), the catalog on SQLite under the data folder, the scheduler, and the
-//! dead-letter watcher, all in this process over the same NATS the separate services use.
+//! given one), the catalog on SQLite under the data folder, the scheduler, the transport,
+//! storage and recovery workers, and the dead-letter watcher, all in this process over the
+//! same NATS the separate services use. The deployment's secret key is `secret.key` in the
+//! data folder (created on the first start) unless `--secret-key-file` names one.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -9,7 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use arca_catalog::service::{Catalog, CatalogConfig};
+use arca_recovery::{Recovery, RecoveryConfig};
 use arca_scheduler::{Scheduler, SchedulerConfig};
+use arca_storage::{Storage, StorageConfig};
+use arca_transport::{Transport, TransportConfig};
+use arca_worker::keys::ServerKey;
 use clap::Args;
 
 #[derive(Args)]
@@ -26,6 +32,15 @@ pub struct ServerArgs {
     /// Catalog database (default: SQLite in the data folder)
     #[arg(long, env = "ARCA_CATALOG_DATABASE")]
     database: Option<String>,
+    /// The deployment's secret key (default: secret.key in the data folder, created if missing)
+    #[arg(long, env = "ARCA_SECRET_KEY_FILE")]
+    secret_key_file: Option<PathBuf>,
+    /// Jobs of each kind run at once
+    #[arg(long, env = "ARCA_PARALLEL_JOBS", default_value_t = 2)]
+    parallel: usize,
+    /// Seconds without a sign of life after which a worker's job is redelivered
+    #[arg(long, default_value_t = 30)]
+    ack_wait_seconds: u64,
 }
 
 /// A nats-server child process, stopped when dropped.
@@ -51,16 +66,35 @@ pub fn run(args: ServerArgs) -> Result<u8> {
     };
     let database =
         args.database.clone().unwrap_or_else(|| format!("sqlite://{}?mode=rwc", data_dir.join("catalog.db").display()));
+    let key_path = args.secret_key_file.clone().unwrap_or_else(|| data_dir.join("secret.key"));
+    let key = ServerKey::load_or_create(&key_path)?;
+    let mut worker = arca_worker::WorkerSettings { parallel: args.parallel, ..Default::default() };
+    worker.ack_wait = Duration::from_secs(args.ack_wait_seconds);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(async {
         let catalog = Catalog::build(CatalogConfig::new(&nats_url, &database)).await.context("start the catalog")?;
         let scheduler = Scheduler::build(SchedulerConfig::new(&nats_url)).await.context("start the scheduler")?;
+        let transport = Transport::build(TransportConfig { worker: worker.clone(), ..TransportConfig::new(&nats_url, key.clone()) })
+            .await
+            .context("start the transport")?;
+        let storage = Storage::build(StorageConfig { worker: worker.clone(), ..StorageConfig::new(&nats_url, key.clone()) })
+            .await
+            .context("start the storage service")?;
+        let recovery = Recovery::build(RecoveryConfig { worker, ..RecoveryConfig::new(&nats_url, key) })
+            .await
+            .context("start the recovery service")?;
         let store = catalog.bus.event_store().await?;
         let _dead_letters = arca_bus::jobs::watch_dead_letters(store).await?;
-        eprintln!("arca server: NATS {nats_url}; catalog {database}; scheduler running. Ctrl-C stops.");
+        eprintln!(
+            "arca server: NATS {nats_url}; catalog {database}; secret key {}; scheduler, transport, storage and recovery running. Ctrl-C stops.",
+            key_path.display()
+        );
         tokio::select! {
             result = catalog.run_until_stopped(std::future::pending()) => result.context("the catalog stopped")?,
             result = scheduler.run_until_stopped(std::future::pending()) => result.context("the scheduler stopped")?,
+            result = transport.run_until_stopped(std::future::pending()) => result.context("the transport stopped")?,
+            result = storage.run_until_stopped(std::future::pending()) => result.context("the storage service stopped")?,
+            result = recovery.run_until_stopped(std::future::pending()) => result.context("the recovery service stopped")?,
             () = shutdown_signal() => eprintln!("arca server: stopping"),
         }
         anyhow::Ok(())

@@ -9,6 +9,7 @@ mod check;
 mod crash;
 mod deps;
 mod keys;
+mod platform;
 mod prune;
 mod restore;
 mod server;

@@ -51,4 +51,4 @@ pub use backend::{Backend, Target, TargetOptions};
 pub use backup::{BackupOptions, BackupOutcome, BackupSource, Progress, backup};
 pub use error::{Error, Result};
 pub use format::{BackupMode, BackupSummary, Node, NodeKind, RetentionPolicy, Snapshot, SourceKind, Tree};
-pub use repository::{InitOptions, Repository};
+pub use repository::{InitOptions, Repository, RepositoryIdentity};

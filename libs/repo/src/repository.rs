@@ -41,11 +41,33 @@ pub struct InitOptions {
     pub kdf: KdfParams,
     /// Sealed-pack target size in bytes.
     pub pack_size: u32,
+    /// The blob-id key and chunker seed (random when `None`). Repositories created with the
+    /// same identity give equal content equal blob ids, so a copy between them moves only the
+    /// blobs the destination lacks; the services derive one identity per tenant.
+    pub identity: Option<RepositoryIdentity>,
+}
+
+/// What makes two repositories' blob ids comparable: the keyed-hash key and the chunker seed.
+#[derive(Clone)]
+pub struct RepositoryIdentity {
+    pub id_key: [u8; 32],
+    pub chunker_seed: u64,
+}
+
+impl std::fmt::Debug for RepositoryIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepositoryIdentity").finish_non_exhaustive()
+    }
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
-        InitOptions { compression_level: 3, kdf: KdfParams::from_env_or_default(), pack_size: 16 << 20 }
+        InitOptions {
+            compression_level: 3,
+            kdf: KdfParams::from_env_or_default(),
+            pack_size: 16 << 20,
+            identity: None,
+        }
     }
 }
 
@@ -187,13 +209,16 @@ impl Repository {
             return Err(Error::AlreadyInitialized(backend.target().to_string()));
         }
         let master = crypto::random_key();
-        let mut seed = [0u8; 8];
-        crypto::random_bytes(&mut seed);
+        let identity = options.identity.clone().unwrap_or_else(|| {
+            let mut seed = [0u8; 8];
+            crypto::random_bytes(&mut seed);
+            RepositoryIdentity { id_key: crypto::random_key(), chunker_seed: u64::from_le_bytes(seed) }
+        });
         let config = Config {
             version: REPO_VERSION,
             id: hex::encode(&crypto::random_key()[..16]),
-            id_key: hex::encode(crypto::random_key()),
-            chunker: ChunkerParams { min: 256 << 10, avg: 1 << 20, max: 4 << 20, seed: u64::from_le_bytes(seed) },
+            id_key: hex::encode(identity.id_key),
+            chunker: ChunkerParams { min: 256 << 10, avg: 1 << 20, max: 4 << 20, seed: identity.chunker_seed },
             compression_level: options.compression_level,
             pack_size: options.pack_size,
         };

@@ -23,6 +23,7 @@ use arca_bus::{Bus, BusConfig, BusError, EVENTS_STREAM, EventStore, ExecuteError
 use arca_domain::job::{Job, JobCommand};
 use arca_domain::policy::Policy;
 use arca_domain::schedule::CompiledSchedule;
+use arca_domain::source::Source;
 use arca_domain::{Aggregate, DomainError};
 use arca_events::{Envelope, JobId, JobKind, Metadata, Misfire, PolicyId, TenantId, Trigger};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
@@ -79,18 +80,37 @@ pub fn firing_job_id(policy: PolicyId, at: DateTime<Utc>) -> JobId {
     JobId(uuid::Uuid::new_v8(bytes))
 }
 
+/// The id of the verify job for `policy`'s verify schedule firing at `at`.
+pub fn verify_firing_job_id(policy: PolicyId, at: DateTime<Utc>) -> JobId {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"arca-verify-firing\0");
+    hasher.update(policy.as_uuid().as_bytes());
+    hasher.update(&at.timestamp_millis().to_be_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.as_bytes()[..16]);
+    JobId(uuid::Uuid::new_v8(bytes))
+}
+
 /// One policy as the scheduler sees it.
 #[derive(Default)]
 struct Plan {
     policy: Policy,
     compiled: Option<CompiledSchedule>,
     next_due: Option<DateTime<Utc>>,
+    verify_compiled: Option<CompiledSchedule>,
+    verify_next_due: Option<DateTime<Utc>>,
 }
 
 impl Plan {
     fn reschedule(&mut self, now: DateTime<Utc>) {
         self.compiled = self.policy.schedule.as_ref().and_then(|s| CompiledSchedule::parse(s).ok());
         self.next_due = match (&self.compiled, self.policy.is_active()) {
+            (Some(compiled), true) => compiled.next_after(now),
+            _ => None,
+        };
+        self.verify_compiled = self.policy.verify_schedule.as_ref().and_then(|s| CompiledSchedule::parse(s).ok());
+        self.verify_next_due = match (&self.verify_compiled, self.policy.is_active()) {
             (Some(compiled), true) => compiled.next_after(now),
             _ => None,
         };
@@ -181,6 +201,20 @@ impl Scheduler {
             let outcome = fire(&self.store, *tenant, *policy_id, &plan.policy, last_missed).await?;
             tracing::info!(policy = %policy_id, at = %last_missed, ?outcome, "policy fired");
         }
+        for ((tenant, policy_id), plan) in plans.iter_mut() {
+            let (Some(due), Some(compiled)) = (plan.verify_next_due, plan.verify_compiled.as_ref()) else { continue };
+            if due > now {
+                continue;
+            }
+            // Verification is not time-critical: a late one runs once, never several.
+            let mut last_missed = due;
+            while let Some(next) = compiled.next_after(last_missed).filter(|next| *next <= now) {
+                last_missed = next;
+            }
+            plan.verify_next_due = compiled.next_after(last_missed);
+            let outcome = fire_verify(&self.store, *tenant, *policy_id, &plan.policy, last_missed).await?;
+            tracing::info!(policy = %policy_id, at = %last_missed, ?outcome, "verify schedule fired");
+        }
         Ok(())
     }
 }
@@ -202,9 +236,9 @@ fn apply_policy_event(plans: &mut HashMap<(TenantId, PolicyId), Plan>, payload: 
     };
     let key = (envelope.tenant, PolicyId(envelope.aggregate_id));
     let plan = plans.entry(key).or_default();
-    let before = (plan.policy.schedule.clone(), plan.policy.is_active());
+    let before = (plan.policy.schedule.clone(), plan.policy.verify_schedule.clone(), plan.policy.is_active());
     plan.policy.apply(&event);
-    if (plan.policy.schedule.clone(), plan.policy.is_active()) != before {
+    if (plan.policy.schedule.clone(), plan.policy.verify_schedule.clone(), plan.policy.is_active()) != before {
         plan.reschedule(Utc::now());
     }
 }
@@ -219,6 +253,8 @@ pub async fn fire(
     at: DateTime<Utc>,
 ) -> Result<Fired, SchedulerError> {
     let job = firing_job_id(policy_id, at);
+    // The source's site label routes the job to that site's transport workers.
+    let (source, _) = store.load_state::<Source>(tenant, policy.source.as_uuid()).await?;
     let command = JobCommand::Request {
         kind: JobKind::Backup,
         trigger: Trigger::Schedule { at },
@@ -227,7 +263,7 @@ pub async fn fire(
         target: Some(policy.target),
         snapshot: None,
         mode: Some(policy.mode),
-        site: None,
+        site: source.site.clone(),
     };
     let meta = Metadata::new_root();
     let fired = match store.execute::<Job>(tenant, job, &command, &meta).await {
@@ -241,8 +277,44 @@ pub async fn fire(
         Err(e) => return Err(e.into()),
     };
     // Also when another replica requested it: it may have died before enqueueing.
-    let ticket = JobTicket { tenant, job, kind: JobKind::Backup, site: None, trace: meta.trace };
+    let ticket = JobTicket { tenant, job, kind: JobKind::Backup, site: source.site, trace: meta.trace };
     jobs::enqueue(store.bus(), &ticket, &format!("{policy_id}:{}", at.to_rfc3339())).await?;
+    Ok(fired)
+}
+
+/// Requests the verify job for `policy`'s verify firing at `at` (its target, structure and a
+/// share of the packs read back) and puts it on the queue; safe from several replicas.
+pub async fn fire_verify(
+    store: &EventStore,
+    tenant: TenantId,
+    policy_id: PolicyId,
+    policy: &Policy,
+    at: DateTime<Utc>,
+) -> Result<Fired, SchedulerError> {
+    let job = verify_firing_job_id(policy_id, at);
+    let command = JobCommand::Request {
+        kind: JobKind::Verify,
+        trigger: Trigger::Schedule { at },
+        policy: Some(policy_id),
+        source: None,
+        target: Some(policy.target),
+        snapshot: None,
+        mode: None,
+        site: None,
+    };
+    let meta = Metadata::new_root();
+    let fired = match store.execute::<Job>(tenant, job, &command, &meta).await {
+        Ok(committed) if committed.events.is_empty() => Fired::AlreadyRequested(job),
+        Ok(_) => Fired::Requested(job),
+        Err(ExecuteError::Domain(DomainError::IllegalTransition { .. })) => Fired::AlreadyRequested(job),
+        Err(ExecuteError::Domain(e)) => {
+            tracing::warn!(policy = %policy_id, error = %e, "the verify firing was refused");
+            return Ok(Fired::Refused(job));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let ticket = JobTicket { tenant, job, kind: JobKind::Verify, site: None, trace: meta.trace };
+    jobs::enqueue(store.bus(), &ticket, &format!("{policy_id}:verify:{}", at.to_rfc3339())).await?;
     Ok(fired)
 }
 

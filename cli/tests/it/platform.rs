@@ -1,0 +1,295 @@
+//! The platform end to end, black-box: `arca server` (or each service as its own process)
+//! on a private nats-server, driven with the `arca` control commands; backups land in real
+//! repositories and are restored byte for byte.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use arca_bus::{Bus, BusConfig};
+use arca_events::{JobId, JobKind, TargetId};
+
+use crate::helpers::{assert_same_tree, noise, write};
+
+/// A child process killed when the test ends.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn binary(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_arca")).with_file_name(name);
+    assert!(path.is_file(), "{} is not built: run the tests with `cargo nextest run --workspace`", path.display());
+    path
+}
+
+/// A platform under test: its NATS, its data folder, its processes.
+struct Platform {
+    nats: arca_testkit::NatsServer,
+    data: tempfile::TempDir,
+    processes: Vec<(String, Process)>,
+}
+
+impl Platform {
+    fn new() -> Platform {
+        let data = tempfile::tempdir().unwrap();
+        std::fs::write(data.path().join("secret.key"), "ab".repeat(32)).unwrap();
+        Platform { nats: arca_testkit::nats_server(), data, processes: Vec::new() }
+    }
+
+    fn key_file(&self) -> PathBuf {
+        self.data.path().join("secret.key")
+    }
+
+    fn spawn(&mut self, label: &str, program: &Path, args: &[&str]) {
+        let log = std::fs::File::create(self.data.path().join(format!("{label}.log"))).unwrap();
+        let child = Command::new(program)
+            .args(args)
+            .env("ARCA_NATS_URL", &self.nats.url)
+            .env("ARCA_SECRET_KEY_FILE", self.key_file())
+            .env("ARCA_TEST_FAST_KDF", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.processes.push((label.to_owned(), Process(child)));
+    }
+
+    /// Everything in one `arca server` process.
+    fn all_in_one(mut self) -> Platform {
+        let data = self.data.path().display().to_string();
+        self.spawn("server", &binary("arca"), &["server", "--data-dir", &data, "--nats", &self.nats.url.clone()]);
+        self
+    }
+
+    fn kill(&mut self, label: &str) {
+        let at = self.processes.iter().position(|(l, _)| l == label).unwrap();
+        let (_, mut process) = self.processes.remove(at);
+        process.0.kill().unwrap();
+        process.0.wait().unwrap();
+    }
+
+    fn log(&self, label: &str) -> String {
+        std::fs::read_to_string(self.data.path().join(format!("{label}.log"))).unwrap_or_default()
+    }
+
+    fn arca_output(&self, args: &[&str]) -> std::process::Output {
+        Command::new(binary("arca"))
+            .args(args)
+            .env("ARCA_NATS_URL", &self.nats.url)
+            .env("ARCA_SECRET_KEY_FILE", self.key_file())
+            .output()
+            .unwrap()
+    }
+
+    fn arca(&self, args: &[&str]) -> String {
+        let output = self.arca_output(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "arca {args:?} failed: {stderr}");
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Waits for `job` to end; returns its JSON.
+    fn wait_job(&self, tenant: &str, job: &str) -> serde_json::Value {
+        let output = self.arca_output(&["job", "show", "--tenant", tenant, job, "--wait", "120"]);
+        let text = String::from_utf8_lossy(&output.stdout);
+        let logs: Vec<String> = self.processes.iter().map(|(l, _)| format!("--- {l}\n{}", self.log(l))).collect();
+        assert!(!text.trim().is_empty(), "job {job}: {}\n{}", String::from_utf8_lossy(&output.stderr), logs.join("\n"));
+        serde_json::from_str(text.trim()).unwrap()
+    }
+
+    fn wait_succeeded(&self, tenant: &str, job: &str) -> serde_json::Value {
+        let job_json = self.wait_job(tenant, job);
+        if job_json["status"] != "succeeded" {
+            let logs: Vec<String> = self.processes.iter().map(|(l, _)| format!("--- {l}\n{}", self.log(l))).collect();
+            panic!("job {job} did not succeed: {job_json}\n{}", logs.join("\n"));
+        }
+        job_json
+    }
+}
+
+/// Tenant, fs target, source and policy; returns (tenant, target, source, policy).
+fn define(
+    platform: &Platform,
+    source_dir: &Path,
+    repo: &Path,
+    extra_source: &[&str],
+    extra_policy: &[&str],
+) -> [String; 4] {
+    let tenant = platform.arca(&["tenant", "create", "acme"]);
+    let target_url = format!("fs://{}", repo.display());
+    let target = platform.arca(&["target", "add", "--tenant", &tenant, "primary", &target_url]);
+    let source_path = source_dir.display().to_string();
+    let mut args = vec!["source", "add", "--tenant", &tenant, "docs", &source_path];
+    args.extend_from_slice(extra_source);
+    let source = platform.arca(&args);
+    let mut args = vec!["policy", "create", "--tenant", &tenant, "nightly", "--source", &source, "--target", &target];
+    args.extend_from_slice(extra_policy);
+    let policy = platform.arca(&args);
+    [tenant, target, source, policy]
+}
+
+fn make_source(dir: &Path) {
+    write(&dir.join("a/one.bin"), &noise(3 << 20, 1));
+    write(&dir.join("a/two.txt"), b"hello from acme\n");
+    write(&dir.join("b/three.bin"), &noise(1 << 20, 2));
+}
+
+/// The newest succeeded backup job of `tenant`, from the catalog.
+fn succeeded_backups(nats: &str, tenant: &str) -> Vec<serde_json::Value> {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let bus = Bus::connect(BusConfig::new(nats)).await.unwrap();
+        let page: serde_json::Value = bus
+            .request(
+                "arca.q.catalog.jobs.list",
+                &serde_json::json!({ "tenant": tenant, "kind": "backup", "status": "succeeded" }),
+                None,
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap_or_default();
+        page["items"].as_array().cloned().unwrap_or_default()
+    })
+}
+
+#[test]
+fn a_scheduled_backup_runs_then_incremental_restore_forget_and_verify_work() {
+    let work = tempfile::tempdir().unwrap();
+    let (source_dir, repo) = (work.path().join("src"), work.path().join("repo"));
+    make_source(&source_dir);
+    let platform = Platform::new().all_in_one();
+    let pre = work.path().join("pre-ran");
+    let post = work.path().join("post-ran");
+    let pre_hook = format!("date >> {}", pre.display());
+    let post_hook = format!("date >> {}", post.display());
+    let [tenant, target, _source, policy] = define(
+        &platform,
+        &source_dir,
+        &repo,
+        &["--pre-hook", &pre_hook, "--post-hook", &post_hook],
+        &["--every", "60", "--keep-last", "2"],
+    );
+
+    // The schedule fires within a minute (interval schedules fire on multiples of 60 s).
+    let deadline = Instant::now() + Duration::from_secs(100);
+    let scheduled = loop {
+        if let Some(job) = succeeded_backups(&platform.nats.url, &tenant).first() {
+            break job.clone();
+        }
+        assert!(Instant::now() < deadline, "no scheduled backup succeeded:\n{}", platform.log("server"));
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(scheduled["trigger"]["type"], "schedule", "{scheduled}");
+    assert!(repo.join("config").is_file(), "the repository was created at the target");
+    assert_eq!(std::fs::read_to_string(&pre).unwrap().lines().count(), 1, "the pre-hook ran once");
+    assert_eq!(std::fs::read_to_string(&post).unwrap().lines().count(), 1, "the post-hook ran once");
+
+    // A changed file: the next run reads only it.
+    write(&source_dir.join("a/two.txt"), b"hello again from acme, changed\n");
+    let job = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
+    let second = platform.wait_succeeded(&tenant, &job);
+    assert_eq!(second["bytes_read"], 31, "an incremental backup reads only the changed file: {second}");
+    assert_eq!(second["files"], 3, "{second}");
+    let snapshot = second["snapshot"].as_str().unwrap().to_owned();
+
+    let restored = work.path().join("restored");
+    let restore_to = restored.display().to_string();
+    let job = platform.arca(&["job", "restore", "--tenant", &tenant, "--snapshot", &snapshot, "--to", &restore_to]);
+    let restore = platform.wait_succeeded(&tenant, &job);
+    assert_eq!(restore["files"], 3, "{restore}");
+    assert_same_tree(&source_dir, &restored.join(source_dir.strip_prefix("/").unwrap()));
+
+    // A third backup makes three snapshots; keep-last 2 forgets one, then prunes.
+    write(&source_dir.join("b/four.bin"), &noise(1 << 20, 3));
+    let job = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
+    platform.wait_succeeded(&tenant, &job);
+    let target_id: TargetId = target.parse().unwrap();
+    let forget = arca_worker::ids::follow_up_job_id(job.parse::<JobId>().unwrap(), JobKind::Forget, Some(target_id));
+    let forget = platform.wait_succeeded(&tenant, &forget.to_string());
+    assert_eq!(forget["files"], 1, "keep-last 2 of 3 forgets one snapshot: {forget}");
+    let snapshots = std::fs::read_dir(repo.join("snapshots")).unwrap().count();
+    assert_eq!(snapshots, 2, "the forgotten snapshot left the repository");
+    let prune = arca_worker::ids::follow_up_job_id(
+        forget["id"].as_str().unwrap().parse().unwrap(),
+        JobKind::Prune,
+        Some(target_id),
+    );
+    platform.wait_succeeded(&tenant, &prune.to_string());
+
+    let job = platform.arca(&["job", "verify", "--tenant", &tenant, "--target", &target]);
+    platform.wait_succeeded(&tenant, &job);
+}
+
+#[test]
+fn a_failing_pre_hook_fails_the_job_with_its_output_and_the_post_hook_still_runs() {
+    let work = tempfile::tempdir().unwrap();
+    let (source_dir, repo) = (work.path().join("src"), work.path().join("repo"));
+    make_source(&source_dir);
+    let platform = Platform::new().all_in_one();
+    let post = work.path().join("post-ran");
+    let post_hook = format!("touch {}", post.display());
+    let [tenant, _, _, policy] = define(
+        &platform,
+        &source_dir,
+        &repo,
+        &["--pre-hook", "echo database will not quiesce >&2; exit 4", "--post-hook", &post_hook],
+        &["--every", "3600"],
+    );
+    let job = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
+    let failed = platform.wait_job(&tenant, &job);
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("database will not quiesce") && error.contains("pre hook"), "{error}");
+    assert!(post.exists(), "the post-hook ran after the failed pre-hook");
+    assert!(!repo.join("snapshots").exists() || std::fs::read_dir(repo.join("snapshots")).unwrap().count() == 0);
+}
+
+#[test]
+fn each_service_as_its_own_process_and_a_killed_worker_hands_its_job_on() {
+    let work = tempfile::tempdir().unwrap();
+    let (source_dir, repo) = (work.path().join("src"), work.path().join("repo"));
+    make_source(&source_dir);
+    let mut platform = Platform::new();
+    let db = format!("sqlite://{}?mode=rwc", platform.data.path().join("catalog.db").display());
+    platform.spawn("catalog", &binary("arca-catalog"), &["--database", &db, "run"]);
+    platform.spawn("scheduler", &binary("arca-scheduler"), &[]);
+    platform.spawn("storage", &binary("arca-storage"), &[]);
+    platform.spawn("recovery", &binary("arca-recovery"), &[]);
+    platform.spawn(
+        "transport-1",
+        &binary("arca-transport"),
+        &["--worker-name", "transport-1", "--ack-wait-seconds", "3"],
+    );
+    // The pre-hook holds the job long enough to kill the worker that took it.
+    let started = work.path().join("started");
+    let pre_hook = format!("touch {}; sleep 4", started.display());
+    let [tenant, _, _, policy] =
+        define(&platform, &source_dir, &repo, &["--pre-hook", &pre_hook], &["--every", "3600"]);
+    let job = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "the job never started:\n{}", platform.log("transport-1"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    platform.kill("transport-1");
+    platform.spawn(
+        "transport-2",
+        &binary("arca-transport"),
+        &["--worker-name", "transport-2", "--ack-wait-seconds", "3"],
+    );
+    let done = platform.wait_succeeded(&tenant, &job);
+    assert_eq!(done["worker"], "transport-2", "{done}");
+    assert_eq!(done["attempt"], 2, "{done}");
+    assert_eq!(std::fs::read_dir(repo.join("snapshots")).unwrap().count(), 1, "one snapshot, no partial one");
+
+    let restored = work.path().join("restored");
+    let snapshot = done["snapshot"].as_str().unwrap().to_owned();
+    let restore_to = restored.display().to_string();
+    let job = platform.arca(&["job", "restore", "--tenant", &tenant, "--snapshot", &snapshot, "--to", &restore_to]);
+    platform.wait_succeeded(&tenant, &job);
+    assert_same_tree(&source_dir, &restored.join(source_dir.strip_prefix("/").unwrap()));
+}

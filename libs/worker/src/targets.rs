@@ -1,0 +1,173 @@
+//! A tenant's targets as repositories: the location and settings from the target's events,
+//! the credentials from the secret store, the key and identity from the server key.
+
+use arca_bus::secrets::SecretStore;
+use arca_bus::{EventStore, ExecuteError};
+use arca_domain::Lifecycle;
+use arca_domain::target::Target;
+use arca_events::{TargetId, TargetKind, TenantId};
+use arca_repo::{Backend, InitOptions, Repository, TargetOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{ServerKey, tenant_kdf};
+
+/// Credentials of an object-store target, as sealed in the secret store (JSON).
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct TargetCredentials {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_key: Option<String>,
+}
+
+impl std::fmt::Debug for TargetCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetCredentials").field("access_key_id", &self.access_key_id).finish_non_exhaustive()
+    }
+}
+
+/// Everything needed to open one tenant's target, resolved from the control plane.
+#[derive(Clone)]
+pub struct TargetSpec {
+    pub tenant: TenantId,
+    pub target: TargetId,
+    pub name: String,
+    pub kind: TargetKind,
+    pub location: String,
+    options: TargetOptions,
+    passphrase: Vec<u8>,
+    identity: arca_repo::RepositoryIdentity,
+}
+
+impl std::fmt::Debug for TargetSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetSpec")
+            .field("tenant", &self.tenant)
+            .field("target", &self.target)
+            .field("name", &self.name)
+            .field("location", &self.location)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("target {0} does not exist")]
+    NotFound(TargetId),
+    #[error("target `{0}` has been removed")]
+    Removed(String),
+    #[error("the credentials of target `{0}` are missing from the secret store")]
+    CredentialsMissing(String),
+    #[error("the credentials of target `{0}` are unreadable")]
+    CredentialsMalformed(String),
+    #[error(transparent)]
+    Control(#[from] ExecuteError),
+    #[error(transparent)]
+    Repository(#[from] arca_repo::Error),
+}
+
+impl TargetError {
+    /// Worth retrying later: the control plane or the store was unreachable.
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            TargetError::Control(ExecuteError::Bus(e)) => e.is_retryable(),
+            TargetError::Repository(e) => e.is_temporary(),
+            _ => false,
+        }
+    }
+}
+
+impl TargetSpec {
+    /// Opens the repository at this target (blocking: call from a blocking thread).
+    pub fn open(&self) -> Result<Repository, arca_repo::Error> {
+        let target = arca_repo::Target::parse(&self.location)?;
+        let backend = Backend::open(&target, &self.options)?;
+        Repository::open(backend, &self.passphrase)
+    }
+
+    /// Opens the repository, creating it first when the target holds none (blocking).
+    /// Two callers creating it at once are safe: the loser opens the winner's.
+    pub fn open_or_init(&self) -> Result<Repository, arca_repo::Error> {
+        match self.open() {
+            Err(arca_repo::Error::NotARepository(_)) => {}
+            other => return other,
+        }
+        let target = arca_repo::Target::parse(&self.location)?;
+        let backend = Backend::open(&target, &self.options)?;
+        let options =
+            InitOptions { kdf: tenant_kdf(), identity: Some(self.identity.clone()), ..InitOptions::default() };
+        match Repository::init(backend, &self.passphrase, &options) {
+            Err(arca_repo::Error::AlreadyInitialized(_)) => self.open(),
+            other => other,
+        }
+    }
+}
+
+/// Resolves targets for the services.
+#[derive(Clone)]
+pub struct Targets {
+    store: EventStore,
+    secrets: SecretStore,
+    key: ServerKey,
+}
+
+impl Targets {
+    pub fn new(store: EventStore, secrets: SecretStore, key: ServerKey) -> Targets {
+        Targets { store, secrets, key }
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    /// The target as the log describes it now, with its credentials.
+    pub async fn describe(&self, tenant: TenantId, target: TargetId) -> Result<TargetSpec, TargetError> {
+        let (state, _) = self.store.load_state::<Target>(tenant, target.as_uuid()).await?;
+        let Some(kind) = state.kind else { return Err(TargetError::NotFound(target)) };
+        if state.status != Lifecycle::Active {
+            return Err(TargetError::Removed(state.name));
+        }
+        let credentials = match state.credentials {
+            None => TargetCredentials::default(),
+            Some(reference) => {
+                let sealed = self
+                    .secrets
+                    .get(tenant, reference)
+                    .await
+                    .map_err(|e| TargetError::Control(ExecuteError::Bus(e)))?
+                    .ok_or_else(|| TargetError::CredentialsMissing(state.name.clone()))?;
+                serde_json::from_slice(&sealed).map_err(|_| TargetError::CredentialsMalformed(state.name.clone()))?
+            }
+        };
+        let setting = |key: &str| state.settings.get(key).cloned();
+        let options = match kind {
+            TargetKind::Fs => TargetOptions::default(),
+            TargetKind::S3 => TargetOptions {
+                s3_endpoint: setting("endpoint"),
+                s3_region: setting("region"),
+                s3_access_key_id: credentials.access_key_id,
+                s3_secret_access_key: credentials.secret_access_key,
+                ..TargetOptions::default()
+            },
+            TargetKind::Azblob => TargetOptions {
+                azure_endpoint: setting("endpoint"),
+                azure_account: setting("account_name"),
+                azure_key: credentials.account_key,
+                ..TargetOptions::default()
+            },
+        };
+        Ok(TargetSpec {
+            tenant,
+            target,
+            name: state.name,
+            kind,
+            location: state.location,
+            options,
+            passphrase: self.key.tenant_passphrase(tenant),
+            identity: self.key.tenant_identity(tenant),
+        })
+    }
+}

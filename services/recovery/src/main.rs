@@ -1,0 +1,52 @@
+//! `arca-recovery`: the recovery service as its own process.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use arca_recovery::{Recovery, RecoveryConfig};
+use arca_worker::keys::ServerKey;
+use clap::Parser;
+
+/// Runs restore jobs on this host and verifies what they wrote.
+#[derive(Parser)]
+#[command(name = "arca-recovery", version)]
+struct Args {
+    /// NATS server(s)
+    #[arg(long, env = "ARCA_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// The deployment's secret key file (64 hex digits), shared by every service
+    #[arg(long, env = "ARCA_SECRET_KEY_FILE")]
+    secret_key_file: PathBuf,
+    /// Take only this site's restores (the host's site label)
+    #[arg(long, env = "ARCA_SITE")]
+    site: Option<String>,
+    /// Restores run at once
+    #[arg(long, env = "ARCA_PARALLEL_JOBS", default_value_t = 2)]
+    parallel: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut config = RecoveryConfig::new(args.nats, ServerKey::load(&args.secret_key_file)?);
+    config.worker.parallel = args.parallel;
+    config.worker.site = args.site;
+    let recovery = Recovery::build(config).await.context("start the recovery service")?;
+    recovery.run_until_stopped(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,0 +1,185 @@
+//! Forget, prune and verify jobs.
+
+use arca_bus::ExecuteError;
+use arca_domain::DomainError;
+use arca_domain::job::Job;
+use arca_domain::policy::Policy;
+use arca_domain::snapshot::SnapshotCommand;
+use arca_events::{JobKind, Retention, TargetId};
+use arca_repo::RetentionPolicy;
+use arca_repo::check::{CheckOptions, check};
+use arca_repo::prune::{PruneOptions, plan_forget, prune};
+use arca_worker::ids::snapshot_id;
+use arca_worker::{FollowUp, JobContext, JobError, JobHandler, JobOutcome, TargetSpec, Targets};
+
+fn target_of(ctx: &JobContext) -> Result<TargetId, JobError> {
+    ctx.job.target.ok_or_else(|| JobError::Permanent(format!("a {} job names a target", ctx.job_kind())))
+}
+
+trait KindName {
+    fn job_kind(&self) -> &'static str;
+}
+
+impl KindName for JobContext {
+    fn job_kind(&self) -> &'static str {
+        self.job.kind.map(|k| k.as_str()).unwrap_or("")
+    }
+}
+
+/// Runs `work` on a blocking thread with the target's repository open.
+async fn with_repository<T: Send + 'static>(
+    spec: TargetSpec,
+    work: impl FnOnce(&arca_repo::Repository) -> Result<T, JobError> + Send + 'static,
+) -> Result<T, JobError> {
+    tokio::task::spawn_blocking(move || {
+        let repo = spec.open()?;
+        work(&repo)
+    })
+    .await
+    .map_err(|e| JobError::Temporary(format!("the repository thread stopped: {e}")))?
+}
+
+fn engine_retention(retention: &Retention) -> RetentionPolicy {
+    RetentionPolicy {
+        keep_last: retention.keep_last.unwrap_or(0),
+        keep_hourly: retention.keep_hourly.unwrap_or(0),
+        keep_daily: retention.keep_daily.unwrap_or(0),
+        keep_weekly: retention.keep_weekly.unwrap_or(0),
+        keep_monthly: retention.keep_monthly.unwrap_or(0),
+        keep_yearly: retention.keep_yearly.unwrap_or(0),
+    }
+}
+
+/// Applies a policy's retention to the snapshots of its source.
+pub struct ForgetHandler {
+    targets: Targets,
+}
+
+impl ForgetHandler {
+    pub fn new(targets: Targets) -> Self {
+        ForgetHandler { targets }
+    }
+}
+
+impl JobHandler for ForgetHandler {
+    fn kind(&self) -> JobKind {
+        JobKind::Forget
+    }
+
+    async fn run(&self, ctx: JobContext) -> Result<JobOutcome, JobError> {
+        let target = target_of(&ctx)?;
+        let Some(policy_id) = ctx.job.policy else {
+            return Err(JobError::Permanent("a forget job names the policy whose retention it applies".into()));
+        };
+        let (policy, _) = ctx.store.load_state::<Policy>(ctx.tenant, policy_id.as_uuid()).await?;
+        if policy.retention.keeps_everything() {
+            return Ok(JobOutcome::default());
+        }
+        let rules = engine_retention(&policy.retention);
+        let tag = format!("source:{}", policy.source);
+        let spec = self.targets.describe(ctx.tenant, target).await?;
+        let candidates = with_repository(spec.clone(), move |repo| {
+            let mut snapshots = repo.snapshots()?;
+            snapshots.retain(|_, s| s.tags.contains(&tag));
+            Ok(plan_forget(&snapshots, &rules, chrono::Utc::now()).into_iter().filter(|d| !d.keep).collect::<Vec<_>>())
+        })
+        .await?;
+        let mut forgotten = Vec::new();
+        for decision in candidates {
+            // The log first: it refuses a snapshot locked in the control plane.
+            let command = SnapshotCommand::Forget { job: Some(ctx.job_id) };
+            match ctx
+                .store
+                .execute::<arca_domain::snapshot::Snapshot>(
+                    ctx.tenant,
+                    snapshot_id(target, &decision.id),
+                    &command,
+                    &ctx.meta,
+                )
+                .await
+            {
+                Ok(_) | Err(ExecuteError::Domain(DomainError::NotFound { .. })) => forgotten.push(decision.id),
+                Err(ExecuteError::Domain(DomainError::SnapshotLocked { until })) => {
+                    tracing::info!(snapshot = %decision.id, %until, "kept: locked");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let count = forgotten.len() as u64;
+        with_repository(spec, move |repo| {
+            for id in &forgotten {
+                match arca_repo::prune::forget_snapshot(repo, id) {
+                    Ok(_) | Err(arca_repo::Error::NotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        tracing::info!(job = %ctx.job_id, count, "forgot snapshots");
+        Ok(JobOutcome { files: count, ..JobOutcome::default() })
+    }
+
+    async fn follow_ups(&self, _ctx: &JobContext, job: &Job) -> Result<Vec<FollowUp>, JobError> {
+        Ok(vec![FollowUp { kind: JobKind::Prune, policy: job.policy, target: job.target, snapshot: None, site: None }])
+    }
+}
+
+/// Removes data no snapshot uses.
+pub struct PruneHandler {
+    targets: Targets,
+}
+
+impl PruneHandler {
+    pub fn new(targets: Targets) -> Self {
+        PruneHandler { targets }
+    }
+}
+
+impl JobHandler for PruneHandler {
+    fn kind(&self) -> JobKind {
+        JobKind::Prune
+    }
+
+    async fn run(&self, ctx: JobContext) -> Result<JobOutcome, JobError> {
+        let spec = self.targets.describe(ctx.tenant, target_of(&ctx)?).await?;
+        // A backup holding the shared lease makes this a temporary `Locked` error: the queue
+        // tries again after its backoff.
+        let report = with_repository(spec, |repo| Ok(prune(repo, &PruneOptions::default())?)).await?;
+        tracing::info!(job = %ctx.job_id, ?report, "pruned");
+        Ok(JobOutcome::default())
+    }
+}
+
+/// Checks a repository.
+pub struct VerifyHandler {
+    targets: Targets,
+}
+
+impl VerifyHandler {
+    pub fn new(targets: Targets) -> Self {
+        VerifyHandler { targets }
+    }
+}
+
+impl JobHandler for VerifyHandler {
+    fn kind(&self) -> JobKind {
+        JobKind::Verify
+    }
+
+    async fn run(&self, ctx: JobContext) -> Result<JobOutcome, JobError> {
+        let spec = self.targets.describe(ctx.tenant, target_of(&ctx)?).await?;
+        let report = with_repository(spec, |repo| Ok(check(repo, &CheckOptions::default())?)).await?;
+        if !report.is_ok() {
+            let mut error = format!("verify found damage: {}", report.errors.join("; "));
+            if !report.damaged_packs.is_empty() {
+                error.push_str(&format!("; damaged packs: {}", report.damaged_packs.join(", ")));
+            }
+            for affected in &report.affected {
+                error.push_str(&format!("; snapshot {} hurt at {}", affected.snapshot, affected.paths.join(", ")));
+            }
+            return Err(JobError::Permanent(error));
+        }
+        Ok(JobOutcome { bytes_read: report.blobs_read, ..JobOutcome::default() })
+    }
+}

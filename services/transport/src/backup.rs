@@ -1,0 +1,199 @@
+//! Backup jobs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use arca_domain::Lifecycle;
+use arca_domain::job::Job;
+use arca_domain::policy::Policy;
+use arca_domain::snapshot::{Snapshot, SnapshotCommand};
+use arca_domain::source::Source;
+use arca_domain::{DomainError, TenantFacts};
+use arca_events::{BackupMode, JobKind, SourceKind};
+use arca_repo::{BackupOptions, BackupSource};
+use arca_worker::hooks::run_hook;
+use arca_worker::ids::snapshot_id;
+use arca_worker::runner::ProgressReading;
+use arca_worker::{FollowUp, JobContext, JobError, JobHandler, JobOutcome, Targets};
+
+/// Runs backup jobs.
+pub struct BackupHandler {
+    targets: Targets,
+    hook_timeout: Duration,
+}
+
+impl BackupHandler {
+    pub fn new(targets: Targets, hook_timeout: Duration) -> Self {
+        BackupHandler { targets, hook_timeout }
+    }
+}
+
+/// Refuses to start a backup while the tenant is at or over its quota.
+fn check_quota(facts: &TenantFacts) -> Result<(), JobError> {
+    match facts.quota_bytes {
+        Some(quota) if facts.used_bytes >= quota => Err(JobError::Permanent(format!(
+            "the tenant is over its quota ({} of {quota} bytes used): nothing was written",
+            facts.used_bytes
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A shell word that `sh` reads back as `text`.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+fn backup_source(source: &Source) -> Result<BackupSource, JobError> {
+    match source.kind {
+        Some(SourceKind::Files) => Ok(BackupSource::Paths(source.paths.iter().map(PathBuf::from).collect())),
+        Some(SourceKind::Image) => match &source.paths[..] {
+            [image] => Ok(BackupSource::Image(PathBuf::from(image))),
+            _ => Err(JobError::Permanent("an image source names exactly one image".into())),
+        },
+        Some(SourceKind::Postgres) => match &source.paths[..] {
+            // Connection settings come from the worker's PG* environment.
+            [database] => Ok(BackupSource::Command {
+                name: format!("{database}.sql"),
+                command: format!("pg_dump --no-password --dbname={}", shell_quote(database)),
+            }),
+            _ => Err(JobError::Permanent("a PostgreSQL source is backed up one database per source".into())),
+        },
+        None => Err(JobError::Permanent("the source does not exist".into())),
+    }
+}
+
+fn engine_mode(mode: Option<BackupMode>) -> arca_repo::BackupMode {
+    match mode.unwrap_or_default() {
+        BackupMode::Incremental => arca_repo::BackupMode::Incremental,
+        BackupMode::Full => arca_repo::BackupMode::Full,
+        BackupMode::Differential => arca_repo::BackupMode::Differential,
+    }
+}
+
+impl JobHandler for BackupHandler {
+    fn kind(&self) -> JobKind {
+        JobKind::Backup
+    }
+
+    async fn run(&self, ctx: JobContext) -> Result<JobOutcome, JobError> {
+        let store = &ctx.store;
+        let job = &ctx.job;
+        let (Some(source_id), Some(target_id)) = (job.source, job.target) else {
+            return Err(JobError::Permanent("a backup job names a source and a target".into()));
+        };
+        let (source, _) = store.load_state::<Source>(ctx.tenant, source_id.as_uuid()).await?;
+        if source.status != Lifecycle::Active {
+            return Err(JobError::Permanent(format!("source {source_id} does not exist or was removed")));
+        }
+        check_quota(&store.tenant_facts(ctx.tenant).await?)?;
+        let spec = self.targets.describe(ctx.tenant, target_id).await?;
+        let what = backup_source(&source)?;
+
+        let result = async {
+            if let Some(hook) = &source.pre_hook {
+                run_hook("pre", hook, self.hook_timeout).await.map_err(|e| JobError::Permanent(e.to_string()))?;
+            }
+            let progress = Arc::new(arca_repo::Progress::default());
+            let reading = progress.clone();
+            ctx.report_progress(move || ProgressReading {
+                bytes_done: reading.bytes_done.load(Ordering::Relaxed),
+                bytes_total: reading
+                    .walk_finished
+                    .load(Ordering::Relaxed)
+                    .then(|| reading.bytes_total.load(Ordering::Relaxed)),
+                files_done: reading.files_done.load(Ordering::Relaxed),
+            });
+            let options = BackupOptions {
+                mode: engine_mode(job.mode),
+                tags: vec![format!("source:{source_id}")],
+                hostname: Some(source.host.clone()),
+                progress: Some(progress),
+                ..BackupOptions::default()
+            };
+            let spec = spec.clone();
+            tokio::task::spawn_blocking(move || {
+                let repo = spec.open_or_init()?;
+                arca_repo::backup(&repo, what, &options)
+            })
+            .await
+            .map_err(|e| JobError::Temporary(format!("the backup thread stopped: {e}")))?
+            .map_err(JobError::from)
+        }
+        .await;
+        if let Some(hook) = &source.post_hook {
+            // The post-hook always runs; its failure is logged, the backup stands.
+            if let Err(e) = run_hook("post", hook, self.hook_timeout).await {
+                tracing::warn!(job = %ctx.job_id, error = %e, "post-hook failed");
+            }
+        }
+        let outcome = result?;
+
+        let summary = &outcome.snapshot.summary;
+        let snapshot = snapshot_id(target_id, &outcome.snapshot_id);
+        let commit = SnapshotCommand::Commit {
+            target: target_id,
+            repo_snapshot: outcome.snapshot_id.clone(),
+            time: outcome.snapshot.time,
+            host: outcome.snapshot.hostname.clone(),
+            paths: outcome.snapshot.paths.clone(),
+            tags: outcome.snapshot.tags.clone(),
+            source: Some(source_id),
+            policy: job.policy,
+            job: Some(ctx.job_id),
+            files: summary.files_new + summary.files_changed + summary.files_unmodified,
+            size_bytes: summary.bytes_total,
+            added_bytes: summary.bytes_stored,
+            partial: outcome.snapshot.partial,
+        };
+        match store.execute::<Snapshot>(ctx.tenant, snapshot, &commit, &ctx.meta).await {
+            Ok(_) | Err(arca_bus::ExecuteError::Domain(DomainError::AlreadyExists { .. })) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(JobOutcome {
+            snapshot: Some(snapshot),
+            bytes_read: summary.bytes_read,
+            bytes_added: summary.bytes_stored,
+            files: summary.files_new + summary.files_changed + summary.files_unmodified,
+        })
+    }
+
+    async fn follow_ups(&self, ctx: &JobContext, job: &Job) -> Result<Vec<FollowUp>, JobError> {
+        let Some(policy_id) = job.policy else { return Ok(Vec::new()) };
+        let (policy, _) = ctx.store.load_state::<Policy>(ctx.tenant, policy_id.as_uuid()).await?;
+        let mut follow_ups = Vec::new();
+        if !policy.retention.keeps_everything() {
+            follow_ups.push(FollowUp {
+                kind: JobKind::Forget,
+                policy: Some(policy_id),
+                target: job.target,
+                snapshot: None,
+                site: None,
+            });
+        }
+        let snapshot = job.outcome.as_ref().and_then(|outcome| outcome.snapshot);
+        for copy_target in &policy.copy_targets {
+            follow_ups.push(FollowUp {
+                kind: JobKind::Copy,
+                policy: Some(policy_id),
+                target: Some(*copy_target),
+                snapshot,
+                site: None,
+            });
+        }
+        Ok(follow_ups)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_quotes() {
+        assert_eq!(shell_quote("app"), "'app'");
+        assert_eq!(shell_quote("o'brien"), r"'o'\''brien'");
+    }
+}

@@ -1,0 +1,63 @@
+//! `arca-transport`: a transport worker as its own process.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use arca_transport::{Transport, TransportConfig};
+use arca_worker::keys::ServerKey;
+use clap::Parser;
+
+/// Runs backup and copy jobs from the work queue.
+#[derive(Parser)]
+#[command(name = "arca-transport", version)]
+struct Args {
+    /// NATS server(s)
+    #[arg(long, env = "ARCA_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// The deployment's secret key file (64 hex digits), shared by every service
+    #[arg(long, env = "ARCA_SECRET_KEY_FILE")]
+    secret_key_file: PathBuf,
+    /// Take only this site's jobs
+    #[arg(long, env = "ARCA_SITE")]
+    site: Option<String>,
+    /// Jobs run at once
+    #[arg(long, env = "ARCA_PARALLEL_JOBS", default_value_t = 2)]
+    parallel: usize,
+    /// Name recorded in job events (default: host:pid)
+    #[arg(long)]
+    worker_name: Option<String>,
+    /// Seconds without a sign of life after which a job is redelivered
+    #[arg(long, default_value_t = 30)]
+    ack_wait_seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let key = ServerKey::load(&args.secret_key_file)?;
+    let mut config = TransportConfig::new(args.nats, key);
+    config.worker.site = args.site;
+    config.worker.parallel = args.parallel;
+    config.worker.ack_wait = std::time::Duration::from_secs(args.ack_wait_seconds);
+    if let Some(name) = args.worker_name {
+        config.worker.name = name;
+    }
+    let transport = Transport::build(config).await.context("start the transport")?;
+    transport.run_until_stopped(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
