@@ -5,6 +5,12 @@
 //! is filtered by that tenant in SQL: another tenant's id answers `not_found`, exactly
 //! like an id that does not exist. Lists take `limit` and `cursor` and return
 //! `{items, next_cursor}`.
+//!
+//! The file index ([`crate::files`]) answers `arca.q.catalog.files.search`
+//! (`{tenant, path, series?, limit?, cursor?}` → versions of the paths with the snapshots that
+//! hold them) and `arca.q.catalog.files.list` (`{tenant, snapshot, path?, limit?, cursor?}` →
+//! the direct children of a folder in one snapshot; `not_found` for a snapshot the tenant has
+//! not indexed or has forgotten).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,6 +26,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::error::CatalogError;
+use crate::files;
 use crate::queries::{self, AuditFilter, JobFilter, PageRequest, SnapshotFilter};
 use crate::service::Stats;
 
@@ -178,6 +185,14 @@ async fn answer(db: &DatabaseConnection, name: &str, query: Value) -> Result<Val
             let q: Get = parse(query)?;
             found(queries::get_restore(db, q.tenant, q.id.into()).await)
         }
+        "files.search" => {
+            let q: List<files::SearchRequest> = parse(query)?;
+            page(files::search(db, q.tenant, &q.filter, &q.page).await)
+        }
+        "files.list" => {
+            let q: List<files::ListRequest> = parse(query)?;
+            found(files::list_folder(db, q.tenant, &q.filter, &q.page).await)
+        }
         "audit.list" => {
             let q: List<AuditFilter> = parse(query)?;
             page(queries::list_audit(db, q.tenant, &q.filter, &q.page).await)
@@ -212,7 +227,9 @@ fn not_found() -> RemoteError {
 /// A typed error for the caller; database details stay in this service's log.
 fn remote(error: CatalogError) -> RemoteError {
     match error {
-        CatalogError::InvalidCursor(_) => RemoteError::new("bad_request", error.to_string()),
+        CatalogError::InvalidCursor(_) | CatalogError::InvalidPattern(_) => {
+            RemoteError::new("bad_request", error.to_string())
+        }
         other if other.is_retryable() => {
             tracing::warn!(error = %other, "a catalog query failed; the caller may retry");
             RemoteError::new("unavailable", "the catalog database is not reachable; try again")

@@ -19,6 +19,7 @@ pub async fn dump_all(db: &DatabaseConnection) -> Result<BTreeMap<String, Vec<se
     dump::<jobs::Entity>(db, &mut tables).await?;
     dump::<snapshots::Entity>(db, &mut tables).await?;
     dump::<snapshot_files::Entity>(db, &mut tables).await?;
+    dump::<indexed_snapshots::Entity>(db, &mut tables).await?;
     dump::<replicas::Entity>(db, &mut tables).await?;
     dump::<restores::Entity>(db, &mut tables).await?;
     dump::<audit_events::Entity>(db, &mut tables).await?;

@@ -29,6 +29,19 @@ pub enum CatalogError {
     /// A pagination cursor that this catalog did not hand out.
     #[error("invalid cursor `{0}`")]
     InvalidCursor(String),
+    /// A file search pattern that is not a path, a folder or a valid glob.
+    #[error("invalid search pattern: {0}")]
+    InvalidPattern(String),
+    /// A snapshot older than the newest indexed snapshot of its series: the file index takes a
+    /// series' snapshots oldest first (see [`crate::files`]).
+    #[error(
+        "snapshot {snapshot} is older than snapshot {newest}, already in the file index of its series: \
+         delete the series' index and index its snapshots again, oldest first"
+    )]
+    SnapshotOutOfOrder { snapshot: uuid::Uuid, newest: uuid::Uuid },
+    /// A snapshot or series the file index already holds for another tenant or series.
+    #[error("file index: {0}")]
+    IndexConflict(String),
     /// A stream sequence beyond what the SQL columns (signed 64-bit) hold.
     #[error("stream sequence {0} is out of range")]
     SequenceOutOfRange(u64),
@@ -55,6 +68,9 @@ impl CatalogError {
             CatalogError::Bus(e) => e.is_retryable(),
             CatalogError::UnsupportedUrl { .. }
             | CatalogError::InvalidCursor(_)
+            | CatalogError::InvalidPattern(_)
+            | CatalogError::SnapshotOutOfOrder { .. }
+            | CatalogError::IndexConflict(_)
             | CatalogError::SequenceOutOfRange(_)
             | CatalogError::NotEmpty
             | CatalogError::Internal(_) => false,

@@ -7,6 +7,9 @@
 //!   transaction that also stores the stream position: redeliveries are skipped, bad events
 //!   recorded in `projection_errors` and skipped, every event gets an `audit_events` row.
 //! - [`queries`] reads the [`entities`], always inside one tenant, with cursor pagination.
+//! - [`files`] is the file index: each snapshot's paths as ranges of snapshots per series,
+//!   filled from repositories ([`files::index_snapshot`], [`files::entries_from_repository`]),
+//!   searched and browsed over the same queries.
 //! - [`dump::dump_all`] dumps every table, to check that a rebuild equals the live projection.
 //!
 //! **Architecture Invariant**: read-model rows are a function of the events alone. Times come
@@ -20,6 +23,7 @@ pub mod db;
 pub mod dump;
 pub mod entities;
 pub mod error;
+pub mod files;
 pub mod migration;
 pub mod projector;
 pub mod queries;

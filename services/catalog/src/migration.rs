@@ -12,11 +12,14 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial)]
+        vec![Box::new(Initial), Box::new(FileIndex)]
     }
 }
 
 /// Every table, and the indexes the queries of [`crate::queries`] use.
+///
+/// It created a first, never used `snapshot_files` table until [`FileIndex`] replaced it;
+/// [`FileIndex`] drops that one where it exists.
 struct Initial;
 
 impl MigrationName for Initial {
@@ -35,7 +38,6 @@ impl MigrationTrait for Initial {
         create_table(manager, policies::Entity).await?;
         create_table(manager, jobs::Entity).await?;
         create_table(manager, snapshots::Entity).await?;
-        create_table(manager, snapshot_files::Entity).await?;
         create_table(manager, replicas::Entity).await?;
         create_table(manager, restores::Entity).await?;
         create_table(manager, audit_events::Entity).await?;
@@ -96,14 +98,6 @@ impl MigrationTrait for Initial {
             [snapshots::Column::TenantId, snapshots::Column::TargetId, snapshots::Column::Id],
         )
         .await?;
-        // File search and browse.
-        index(
-            manager,
-            snapshot_files::Entity,
-            "snapshot_files_tenant_path",
-            [snapshot_files::Column::TenantId, snapshot_files::Column::Path],
-        )
-        .await?;
         // The audit log of one tenant.
         index(
             manager,
@@ -120,6 +114,67 @@ impl MigrationTrait for Initial {
             [audit_events::Column::AggregateId, audit_events::Column::StreamSequence],
         )
         .await?;
+        Ok(())
+    }
+}
+
+/// The file index of [`crate::files`]: `snapshot_files` as ranges of snapshot ordinals, and
+/// `indexed_snapshots`.
+struct FileIndex;
+
+impl MigrationName for FileIndex {
+    fn name(&self) -> &str {
+        "m0002_file_index"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for FileIndex {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // The first `snapshot_files` never held a row: nothing filled it.
+        manager.drop_table(Table::drop().table(snapshot_files::Entity).if_exists().to_owned()).await?;
+        create_table(manager, snapshot_files::Entity).await?;
+        create_table(manager, indexed_snapshots::Entity).await?;
+        if manager.get_database_backend() == sea_orm::DbBackend::Postgres {
+            // Paths compare byte by byte, as on SQLite, whatever the database's locale: prefix
+            // searches are ranges of `parent`, which a linguistic collation would break.
+            manager
+                .get_connection()
+                .execute_unprepared(
+                    r#"ALTER TABLE snapshot_files ALTER COLUMN parent TYPE text COLLATE "C", ALTER COLUMN name TYPE text COLLATE "C""#,
+                )
+                .await?;
+        }
+        // Browsing a folder of one series, and loading a series' open rows when indexing.
+        index(
+            manager,
+            snapshot_files::Entity,
+            "snapshot_files_series_parent",
+            [
+                snapshot_files::Column::TenantId,
+                snapshot_files::Column::SeriesId,
+                snapshot_files::Column::Parent,
+                snapshot_files::Column::Name,
+            ],
+        )
+        .await?;
+        // Searching a path, a folder or a glob's literal prefix across every series.
+        index(
+            manager,
+            snapshot_files::Entity,
+            "snapshot_files_tenant_parent",
+            [snapshot_files::Column::TenantId, snapshot_files::Column::Parent, snapshot_files::Column::Name],
+        )
+        .await?;
+        // One row per ordinal of a series.
+        let mut unique = Index::create();
+        unique
+            .name("idx_indexed_snapshots_series_ordinal")
+            .table(indexed_snapshots::Entity)
+            .col(indexed_snapshots::Column::SeriesId)
+            .col(indexed_snapshots::Column::Ordinal)
+            .unique();
+        manager.create_index(unique).await?;
         Ok(())
     }
 }

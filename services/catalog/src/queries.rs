@@ -345,7 +345,7 @@ async fn list_by_id<E: EntityTrait>(
 }
 
 /// Cuts the one extra row fetched to learn whether another page follows.
-fn into_page<T>(mut rows: Vec<T>, limit: u64, key_of: impl Fn(&T) -> String) -> Page<T> {
+pub(crate) fn into_page<T>(mut rows: Vec<T>, limit: u64, key_of: impl Fn(&T) -> String) -> Page<T> {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let next_cursor = if rows.len() > limit {
         rows.truncate(limit);
@@ -356,12 +356,12 @@ fn into_page<T>(mut rows: Vec<T>, limit: u64, key_of: impl Fn(&T) -> String) -> 
     Page { items: rows, next_cursor }
 }
 
-fn decode_cursor(cursor: &str) -> Result<String, CatalogError> {
+pub(crate) fn decode_cursor(cursor: &str) -> Result<String, CatalogError> {
     let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid_cursor(cursor))?;
     String::from_utf8(bytes).map_err(|_| invalid_cursor(cursor))
 }
 
-fn invalid_cursor(cursor: &str) -> CatalogError {
+pub(crate) fn invalid_cursor(cursor: &str) -> CatalogError {
     CatalogError::InvalidCursor(cursor.chars().take(64).collect())
 }
 

@@ -12,6 +12,7 @@
 
 pub mod api_keys;
 pub mod audit_events;
+pub mod indexed_snapshots;
 pub mod jobs;
 pub mod policies;
 pub mod projection_errors;

@@ -3,6 +3,7 @@
 //! Logs are silent unless `TEST_LOG` is set.
 
 mod connect;
+mod files;
 mod helpers;
 mod projection;
 mod queries;
