@@ -293,3 +293,25 @@ fn each_service_as_its_own_process_and_a_killed_worker_hands_its_job_on() {
     platform.wait_succeeded(&tenant, &job);
     assert_same_tree(&source_dir, &restored.join(source_dir.strip_prefix("/").unwrap()));
 }
+
+#[test]
+fn a_tenant_over_its_quota_gets_no_more_backups() {
+    let work = tempfile::tempdir().unwrap();
+    let (source_dir, repo) = (work.path().join("src"), work.path().join("repo"));
+    make_source(&source_dir);
+    let platform = Platform::new().all_in_one();
+    let tenant = platform.arca(&["tenant", "create", "small", "--quota-bytes", "1000000"]);
+    let target = platform.arca(&["target", "add", "--tenant", &tenant, "primary", &format!("fs://{}", repo.display())]);
+    let source = platform.arca(&["source", "add", "--tenant", &tenant, "docs", &source_dir.display().to_string()]);
+    let policy = platform.arca(&[
+        "policy", "create", "--tenant", &tenant, "hourly", "--source", &source, "--target", &target, "--every", "3600",
+    ]);
+    // Under quota when it starts: it runs, and the usage it reports (about 4 MB) is over.
+    let job = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
+    platform.wait_succeeded(&tenant, &job);
+    let snapshots = std::fs::read_dir(repo.join("snapshots")).unwrap().count();
+    let output = platform.arca_output(&["policy", "run", "--tenant", &tenant, &policy]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("quota"), "{stderr}");
+    assert_eq!(std::fs::read_dir(repo.join("snapshots")).unwrap().count(), snapshots, "nothing more was written");
+}

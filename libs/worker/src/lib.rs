@@ -12,6 +12,7 @@
 //!   temporary failures with backoff — around a [`runner::JobHandler`] that does the work.
 //! - [`hooks`]: pre- and post-hook commands.
 //! - [`ids`]: deterministic ids, so a retried step names the same snapshot or job.
+//! - [`usage`]: stored bytes per target and the tenant's total, for quotas.
 //!
 //! Repositories are used on blocking threads only: `arca_repo::Backend` owns a small Tokio
 //! runtime, which must not be dropped inside an async context.
@@ -21,6 +22,7 @@ pub mod ids;
 pub mod keys;
 pub mod runner;
 pub mod targets;
+pub mod usage;
 
 pub use runner::{FollowUp, JobContext, JobError, JobHandler, JobOutcome, WorkerSettings};
 pub use targets::{TargetSpec, Targets};

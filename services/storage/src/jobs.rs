@@ -10,6 +10,7 @@ use arca_repo::RetentionPolicy;
 use arca_repo::check::{CheckOptions, check};
 use arca_repo::prune::{PruneOptions, plan_forget, prune};
 use arca_worker::ids::snapshot_id;
+use arca_worker::usage::{self, repository_bytes};
 use arca_worker::{FollowUp, JobContext, JobError, JobHandler, JobOutcome, TargetSpec, Targets};
 
 fn target_of(ctx: &JobContext) -> Result<TargetId, JobError> {
@@ -142,11 +143,17 @@ impl JobHandler for PruneHandler {
     }
 
     async fn run(&self, ctx: JobContext) -> Result<JobOutcome, JobError> {
-        let spec = self.targets.describe(ctx.tenant, target_of(&ctx)?).await?;
+        let target = target_of(&ctx)?;
+        let spec = self.targets.describe(ctx.tenant, target).await?;
         // A backup holding the shared lease makes this a temporary `Locked` error: the queue
         // tries again after its backoff.
-        let report = with_repository(spec, |repo| Ok(prune(repo, &PruneOptions::default())?)).await?;
+        let (report, stored) = with_repository(spec, |repo| {
+            let report = prune(repo, &PruneOptions::default())?;
+            Ok((report, repository_bytes(repo)?))
+        })
+        .await?;
         tracing::info!(job = %ctx.job_id, ?report, "pruned");
+        usage::record(&ctx.store, ctx.tenant, target, stored, &ctx.meta).await?;
         Ok(JobOutcome::default())
     }
 }
