@@ -3,6 +3,7 @@
 //! `--json`, exit code 0 on success and non-zero with a one-line reason otherwise).
 
 mod control;
+mod copy;
 mod progress;
 mod server;
 
@@ -111,7 +112,13 @@ enum Command {
         /// Also read and authenticate every pack
         #[arg(long)]
         read_data: bool,
+        /// Read and authenticate only a share of the packs: `n/m` (part n of m, by pack id;
+        /// parts 1/m to m/m together read every pack once) or a percentage such as `10%`
+        #[arg(long, conflicts_with = "read_data")]
+        read_data_subset: Option<arca_repo::check::Subset>,
     },
+    /// Copy snapshots into another repository, moving only the data it lacks
+    Copy(copy::CopyArgs),
     /// Remove snapshots by id or by retention rules
     Forget(ForgetArgs),
     /// Remove data no snapshot uses
@@ -383,6 +390,7 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Backup(args) => run_backup(g, args),
+        Command::Copy(args) => copy::run(g, args),
         Command::Server(args) => server::run(args),
         Command::Tenant { connection, command } => control::tenant(connection, command, g.json),
         Command::Target { connection, command } => control::target(connection, command, g.json),
@@ -471,9 +479,9 @@ fn run(cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::Check { read_data } => {
+        Command::Check { read_data, read_data_subset } => {
             let repo = open(g)?;
-            let report = check(&repo, &CheckOptions { read_data })?;
+            let report = check(&repo, &CheckOptions { read_data, read_data_subset })?;
             if g.json {
                 print_json(&report);
             } else {
@@ -494,7 +502,11 @@ fn run(cli: Cli) -> Result<u8> {
                         "no errors: {} snapshots, {} packs{}",
                         report.snapshots,
                         report.packs,
-                        if read_data { format!(", {} blobs read", report.blobs_read) } else { String::new() }
+                        if read_data || read_data_subset.is_some() {
+                            format!(", {} packs and {} blobs read", report.packs_read, report.blobs_read)
+                        } else {
+                            String::new()
+                        }
                     );
                 }
             }

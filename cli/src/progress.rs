@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arca_repo::Progress;
+use arca_repo::copy::CopyProgress;
 use arca_repo::restore::RestoreProgress;
 use arca_repo::ticker::Ticker;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -86,6 +87,42 @@ pub fn show_restore(quiet: bool, p: Arc<RestoreProgress>) -> Option<Reporter> {
     let ticker = Ticker::every(Duration::from_millis(200), "arca-progress", move || {
         shown.set_length(p.bytes_total.load(Ordering::Relaxed));
         shown.set_position(p.bytes_done.load(Ordering::Relaxed));
+    });
+    Some(Reporter { ticker: Some(ticker), bar: Some(bar) })
+}
+
+/// Shows copy progress: JSON lines on stdout with `json`, a bar on stderr unless `quiet`.
+pub fn show_copy(json: bool, quiet: bool, p: Arc<CopyProgress>) -> Option<Reporter> {
+    if json {
+        let ticker = Ticker::every(Duration::from_secs(1), "arca-progress", move || {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "type": "progress",
+                    "snapshots_done": p.snapshots_done.load(Ordering::Relaxed),
+                    "snapshots_total": p.snapshots_total.load(Ordering::Relaxed),
+                    "blobs_done": p.blobs_done.load(Ordering::Relaxed),
+                    "blobs_total": p.blobs_total.load(Ordering::Relaxed),
+                    "bytes_done": p.bytes_done.load(Ordering::Relaxed),
+                    "bytes_total": p.bytes_total.load(Ordering::Relaxed),
+                })
+            );
+        });
+        return Some(Reporter { ticker: Some(ticker), bar: None });
+    }
+    if quiet {
+        return None;
+    }
+    let bar = bar();
+    let shown = bar.clone();
+    let ticker = Ticker::every(Duration::from_millis(200), "arca-progress", move || {
+        shown.set_length(p.bytes_total.load(Ordering::Relaxed));
+        shown.set_position(p.bytes_done.load(Ordering::Relaxed));
+        shown.set_message(format!(
+            "{}/{} blobs",
+            p.blobs_done.load(Ordering::Relaxed),
+            p.blobs_total.load(Ordering::Relaxed)
+        ));
     });
     Some(Reporter { ticker: Some(ticker), bar: Some(bar) })
 }

@@ -6,6 +6,7 @@ mod helpers;
 mod backup;
 mod catalog;
 mod check;
+mod copy;
 mod crash;
 mod deps;
 mod keys;

@@ -1,7 +1,8 @@
 //! Verification. The structure check confirms that every blob a snapshot needs is
 //! indexed and that every indexed pack exists with the recorded size; `read_data` also
 //! reads every pack, checks its hash and authenticates and decodes every blob. Damage
-//! is reported with the snapshots and files it hurts.
+//! is reported with the snapshots and files it hurts. `read_data_subset` reads only a
+//! share of the packs, so a scheduled verify reads the whole repository over a cycle.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
@@ -9,13 +10,99 @@ use std::sync::Mutex;
 use crate::error::{Error, Result};
 use crate::format::{BlobId, IndexFile, NodeKind, from_msgpack};
 use crate::packer::read_pack_header;
-use crate::repository::{Index, Repository, TreeLoader, paths};
+use crate::repository::{Index, PackRecord, Repository, TreeLoader, paths};
 use crate::restore::walk_tree;
 
 #[derive(Clone, Debug, Default)]
 pub struct CheckOptions {
     /// Read and authenticate every pack.
     pub read_data: bool,
+    /// Read and authenticate only these packs (implies reading data).
+    pub read_data_subset: Option<Subset>,
+}
+
+/// A share of a repository's packs to read.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Subset {
+    /// Part `n` of `m` (1-based): the packs whose id falls into bucket `n` of `m`. The parts
+    /// `1/m` … `m/m` are disjoint and together hold every pack, so running them in turn (one
+    /// per scheduled verify) reads each pack once per cycle; a pack always falls in the same
+    /// part.
+    Part { n: u32, m: u32 },
+    /// This percentage (above 0, at most 100) of the packs, rounded up, chosen at random
+    /// on every run: over many runs every pack is likely, not certain, to be read.
+    Percent(f64),
+}
+
+impl Subset {
+    /// Refuses a part outside `1 <= n <= m` or a percentage outside (0, 100].
+    pub fn validate(&self) -> Result<()> {
+        let why = match *self {
+            Subset::Part { n, m } if m == 0 || n == 0 || n > m => "`n/m` needs 1 <= n <= m",
+            Subset::Percent(p) if !(p > 0.0 && p <= 100.0) => "the percentage must be above 0 and at most 100",
+            _ => return Ok(()),
+        };
+        Err(Error::Refused(format!("bad read-data subset `{self}`: {why}")))
+    }
+
+    /// The packs of `packs` this subset reads. `Part` depends only on the pack ids;
+    /// `Percent` picks ⌈percent × packs / 100⌉ packs at random.
+    pub fn select<'p>(&self, packs: &'p [PackRecord]) -> Vec<&'p PackRecord> {
+        match *self {
+            Subset::Part { n, m } => packs.iter().filter(|p| pack_bucket(&p.id, m) == n - 1).collect(),
+            Subset::Percent(percent) => {
+                let wanted = ((packs.len() as f64 * percent / 100.0).ceil() as usize).min(packs.len());
+                let mut keyed: Vec<(u64, &PackRecord)> = packs
+                    .iter()
+                    .map(|p| {
+                        let mut draw = [0u8; 8];
+                        crate::crypto::random_bytes(&mut draw);
+                        (u64::from_le_bytes(draw), p)
+                    })
+                    .collect();
+                keyed.sort_by_key(|(draw, _)| *draw);
+                keyed.into_iter().take(wanted).map(|(_, p)| p).collect()
+            }
+        }
+    }
+}
+
+/// The bucket (0-based, below `m`) of a pack: the first 64 bits of its id modulo `m`.
+/// Pack ids are BLAKE3 hashes, so packs spread evenly over the buckets.
+fn pack_bucket(pack_id: &str, m: u32) -> u32 {
+    let head = pack_id.get(..16).and_then(|h| u64::from_str_radix(h, 16).ok()).unwrap_or(0);
+    (head % u64::from(m)) as u32
+}
+
+impl std::str::FromStr for Subset {
+    type Err = Error;
+
+    /// Parses `n/m` (e.g. `2/7`) or a percentage (e.g. `10%`, `2.5%`).
+    fn from_str(text: &str) -> Result<Subset> {
+        let bad = |why: &str| Error::Refused(format!("bad read-data subset `{text}`: {why}"));
+        if let Some(percent) = text.strip_suffix('%') {
+            let percent: f64 = percent.trim().parse().map_err(|_| bad("expected a percentage like `10%`"))?;
+            let subset = Subset::Percent(percent);
+            subset.validate().map_err(|_| bad("the percentage must be above 0 and at most 100"))?;
+            return Ok(subset);
+        }
+        let (n, m) = text.split_once('/').ok_or_else(|| bad("expected `n/m` (e.g. `1/5`) or a percentage"))?;
+        let n: u32 = n.trim().parse().map_err(|_| bad("`n` in `n/m` must be a whole number"))?;
+        let m: u32 = m.trim().parse().map_err(|_| bad("`m` in `n/m` must be a whole number"))?;
+        let subset = Subset::Part { n, m };
+        subset.validate().map_err(|_| bad("`n/m` needs 1 <= n <= m"))?;
+        Ok(subset)
+    }
+}
+
+impl std::fmt::Display for Subset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subset::Part { n, m } => write!(f, "{n}/{m}"),
+            Subset::Percent(p) => write!(f, "{p}%"),
+        }
+    }
 }
 
 /// A snapshot hurt by damage, and the files and folders in it that are.
@@ -27,8 +114,15 @@ pub struct Affected {
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct CheckReport {
+    /// The subset of packs read, when one was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_data_subset: Option<Subset>,
     pub snapshots: usize,
     pub packs: usize,
+    /// Packs read and authenticated (all of them with `read_data`, a share with a subset).
+    pub packs_read: usize,
+    /// Ids of the packs read, sorted.
+    pub packs_read_ids: Vec<String>,
     pub blobs_read: u64,
     /// Packs that are missing, truncated or fail authentication.
     pub damaged_packs: Vec<String>,
@@ -45,6 +139,10 @@ impl CheckReport {
 
 pub fn check(repo: &Repository, options: &CheckOptions) -> Result<CheckReport> {
     let mut report = CheckReport::default();
+    if let Some(subset) = &options.read_data_subset {
+        subset.validate()?;
+    }
+    report.read_data_subset = options.read_data_subset;
     let index = load_index_reporting(repo, &mut report)?;
     let on_disk: HashMap<String, u64> = repo
         .backend()
@@ -72,11 +170,18 @@ pub fn check(repo: &Repository, options: &CheckOptions) -> Result<CheckReport> {
             .warnings
             .push(format!("{unindexed} pack(s) are in no index (left by an interrupted backup); prune removes them"));
     }
-    if options.read_data {
+    if options.read_data || options.read_data_subset.is_some() {
         let blobs_read = std::sync::atomic::AtomicU64::new(0);
         let found: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
-        let queue: Mutex<Vec<&crate::repository::PackRecord>> =
-            Mutex::new(index.packs.iter().filter(|p| !damaged.contains_key(&p.id)).collect());
+        let to_read: Vec<&PackRecord> = match &options.read_data_subset {
+            Some(subset) => subset.select(&index.packs),
+            None => index.packs.iter().collect(),
+        };
+        let to_read: Vec<&PackRecord> = to_read.into_iter().filter(|p| !damaged.contains_key(&p.id)).collect();
+        report.packs_read = to_read.len();
+        report.packs_read_ids = to_read.iter().map(|p| p.id.clone()).collect();
+        report.packs_read_ids.sort();
+        let queue: Mutex<Vec<&PackRecord>> = Mutex::new(to_read);
         std::thread::scope(|scope| {
             for _ in 0..4 {
                 scope.spawn(|| {
@@ -200,4 +305,48 @@ fn verify_pack(repo: &Repository, index: &Index, pack_id: &str) -> std::result::
         })?;
     }
     Ok(header.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Subset;
+    use crate::repository::PackRecord;
+
+    fn packs(count: usize) -> Vec<PackRecord> {
+        (0..count).map(|i| PackRecord { id: blake3::hash(&i.to_le_bytes()).to_hex().to_string(), size: 1 }).collect()
+    }
+
+    #[test]
+    fn parts_split_the_packs_without_overlap() {
+        let packs = packs(200);
+        let mut seen: Vec<&str> = Vec::new();
+        for n in 1..=7 {
+            let part = Subset::Part { n, m: 7 }.select(&packs);
+            assert!(!part.is_empty() && part.len() < 60, "part {n}/7 has {} packs", part.len());
+            seen.extend(part.iter().map(|p| p.id.as_str()));
+        }
+        seen.sort();
+        let mut all: Vec<&str> = packs.iter().map(|p| p.id.as_str()).collect();
+        all.sort();
+        assert_eq!(seen, all, "every pack in exactly one part");
+    }
+
+    #[test]
+    fn a_percentage_reads_that_share_rounded_up() {
+        let packs = packs(30);
+        assert_eq!(Subset::Percent(10.0).select(&packs).len(), 3);
+        assert_eq!(Subset::Percent(1.0).select(&packs).len(), 1);
+        assert_eq!(Subset::Percent(100.0).select(&packs).len(), 30);
+    }
+
+    #[test]
+    fn subsets_parse_and_print() {
+        assert_eq!("2/5".parse::<Subset>().unwrap(), Subset::Part { n: 2, m: 5 });
+        assert_eq!("12.5%".parse::<Subset>().unwrap(), Subset::Percent(12.5));
+        assert_eq!(Subset::Part { n: 1, m: 3 }.to_string(), "1/3");
+        for bad in ["0/5", "6/5", "1/0", "x", "0%", "101%", "1/", "/2", "-5%"] {
+            let error = bad.parse::<Subset>().unwrap_err().to_string();
+            assert!(error.starts_with(&format!("bad read-data subset `{bad}`")), "{error}");
+        }
+    }
 }

@@ -32,6 +32,10 @@ pub enum Error {
     /// The repository is held by another operation.
     #[error("repository is locked: {0}")]
     Locked(String),
+    /// Two repositories cannot exchange blobs: their blob ids are keyed differently or
+    /// their chunkers differ (see [`crate::copy`]).
+    #[error("repositories are not copy-compatible: {0}")]
+    Incompatible(String),
     /// The caller asked for something the rules forbid.
     #[error("{0}")]
     Refused(String),

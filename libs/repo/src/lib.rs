@@ -27,15 +27,18 @@
 //! | | backup | restore / check / ls | forget | prune |
 //! |---|---|---|---|---|
 //! | backup | yes (they dedup through the index) | yes | yes | no |
+//! | copy into | yes (like a backup) | yes | yes | no |
 //! | prune | no | restore may fail and must be retried | yes | no |
 //!
-//! Backups take a shared lease and prune an exclusive one, so prune refuses to run while
-//! a backup writes (see [`lock`]).
+//! Backups and copies take a shared lease on the repository they write and prune an
+//! exclusive one, so prune refuses to run while a backup or copy writes (see [`lock`]).
+//! A copy only reads its source, like restore (see [`copy`]).
 
 pub mod backend;
 pub mod backup;
 pub mod check;
 pub mod chunker;
+pub mod copy;
 pub mod crypto;
 pub mod error;
 pub mod format;

@@ -20,6 +20,9 @@ struct RawBlob {
     id: BlobId,
     kind: BlobKind,
     data: Vec<u8>,
+    /// `Some((flags, raw_length))` when `data` is already encoded as stored (compressed
+    /// or deliberately raw), so it is only sealed; `None` when it is plaintext to compress.
+    encoded: Option<(u8, u32)>,
 }
 
 /// Decides, once per id, whether a blob still has to be stored.
@@ -53,9 +56,30 @@ impl BlobSink {
     pub fn store(&self, kind: BlobKind, data: &[u8]) -> Result<BlobId> {
         let id = self.repo.blob_id(data);
         if self.dedup.claim(&id) {
-            self.tx.send(RawBlob { id, kind, data: data.to_vec() }).map_err(|_| pipeline_stopped())?;
+            self.tx.send(RawBlob { id, kind, data: data.to_vec(), encoded: None }).map_err(|_| pipeline_stopped())?;
         }
         Ok(id)
+    }
+
+    /// Stores a blob already encoded as another repository stored it (`flags` says whether
+    /// `encoded` is zstd; `raw_length` is the plaintext length), unless this repository has
+    /// it: it is sealed with this repository's key without being compressed again. The
+    /// caller has checked that `id` is the keyed id of the plaintext. Returns whether the
+    /// blob was queued (false when the repository has it or it is already on its way).
+    pub(crate) fn store_encoded(
+        &self,
+        id: BlobId,
+        kind: BlobKind,
+        flags: u8,
+        encoded: Vec<u8>,
+        raw_length: u32,
+    ) -> Result<bool> {
+        if !self.dedup.claim(&id) {
+            return Ok(false);
+        }
+        let blob = RawBlob { id, kind, data: encoded, encoded: Some((flags & FLAG_ZSTD, raw_length)) };
+        self.tx.send(blob).map_err(|_| pipeline_stopped())?;
+        Ok(true)
     }
 }
 
@@ -146,7 +170,14 @@ impl Pipeline {
 fn compress_loop(repo: &Repository, level: i32, rx: Receiver<RawBlob>, tx: Sender<SealedBlob>) {
     let mut compressor = zstd::bulk::Compressor::new(level).expect("valid zstd level");
     let mut probe = zstd::bulk::Compressor::new(1).expect("valid zstd level");
-    for RawBlob { id, kind, data } in rx {
+    for RawBlob { id, kind, data, encoded } in rx {
+        if let Some((flags, raw_length)) = encoded {
+            let sealed = repo.data_key().seal(flags, &data);
+            if tx.send(SealedBlob { id, kind, sealed, raw_length }).is_err() {
+                return;
+            }
+            continue;
+        }
         let compressed = if looks_incompressible(&mut probe, &data) {
             None
         } else {

@@ -62,12 +62,7 @@ impl std::fmt::Debug for RepositoryIdentity {
 
 impl Default for InitOptions {
     fn default() -> Self {
-        InitOptions {
-            compression_level: 3,
-            kdf: KdfParams::from_env_or_default(),
-            pack_size: 16 << 20,
-            identity: None,
-        }
+        InitOptions { compression_level: 3, kdf: KdfParams::from_env_or_default(), pack_size: 16 << 20, identity: None }
     }
 }
 
