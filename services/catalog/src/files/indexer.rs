@@ -54,6 +54,7 @@ where
     I: IntoIterator<Item = FileEntry>,
     I::IntoIter: Send,
 {
+    let started = std::time::Instant::now();
     let series_id = series.id(tenant);
     let txn = db.begin().await.map_err(db_err("begin indexing a snapshot"))?;
     let existing = indexed_snapshots::Entity::find_by_id(snapshot.as_uuid())
@@ -149,6 +150,10 @@ where
         .await
         .map_err(db_err("record an indexed snapshot"))?;
     txn.commit().await.map_err(db_err("commit a snapshot's file index"))?;
+    tracing::info!(
+        %tenant, %snapshot, series = %series_id, ordinal, entries = count, rows_added, rows_closed,
+        seconds = started.elapsed().as_secs_f64(), "indexed a snapshot's files"
+    );
     Ok(IndexOutcome { ordinal, entries: count, rows_added, rows_closed, already_indexed: false })
 }
 

@@ -111,11 +111,12 @@ pub async fn search(
             if pattern.glob.as_ref().is_some_and(|glob| !glob.is_match(&path)) {
                 continue;
             }
-            if !snapshots_of.contains_key(&row.series_id) {
-                let live = live_snapshots(db, tenant, row.series_id).await?;
-                snapshots_of.insert(row.series_id, live);
-            }
-            let live = &snapshots_of[&row.series_id];
+            let live = match snapshots_of.entry(row.series_id) {
+                std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(live_snapshots(db, tenant, row.series_id).await?)
+                }
+            };
             let last = row.last_ordinal.unwrap_or(i64::MAX);
             let start = live.partition_point(|s| s.ordinal < row.first_ordinal);
             let end = live.partition_point(|s| s.ordinal <= last);

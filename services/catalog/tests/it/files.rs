@@ -201,7 +201,7 @@ async fn search_expands_ranges_into_snapshots(backend: Backend) {
     let deleted = search_all(&db, t.tenant, "/home/ann/b.txt").await;
     assert_eq!(deleted.iter().map(snapshot_ids).collect::<Vec<_>>(), [vec![ids[0]]]);
     let unchanged = search_all(&db, t.tenant, "home/ann/a.txt").await;
-    assert_eq!(unchanged.iter().map(snapshot_ids).collect::<Vec<_>>(), [ids.clone()]);
+    assert_eq!(unchanged.iter().map(snapshot_ids).collect::<Vec<_>>(), [ids]);
     assert!(search_all(&db, t.tenant, "/home/ann/nothing.txt").await.is_empty());
 
     // Only one series, when asked.
