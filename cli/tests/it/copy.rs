@@ -5,9 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Output;
 
+use arca_repo::crypto::KdfParams;
 use arca_repo::format::BlobKind;
 use arca_repo::repository::paths;
-use arca_repo::{Backend as RepoBackend, Repository, Target, TargetOptions};
+use arca_repo::{Backend as RepoBackend, InitOptions, Repository, Target, TargetOptions};
 use arca_testkit::{Backend, TestTarget};
 
 use crate::helpers::{Env, PASSWORD, assert_same_tree, last_json, noise, restored, text, write};
@@ -255,5 +256,78 @@ fn read_data_subsets_cover_every_pack_once(backend: Backend) {
         } else {
             assert_eq!((code, found), (Some(0), false), "part {n} does not read it: {report}");
         }
+    }
+}
+
+#[test]
+fn killed_copies_leave_a_valid_destination_fs() {
+    killed_copies_leave_a_valid_destination(Backend::Fs);
+}
+
+#[test]
+fn killed_copies_leave_a_valid_destination_s3() {
+    killed_copies_leave_a_valid_destination(Backend::S3);
+}
+
+/// Copies killed at random points leave a destination that checks clean and holds only whole
+/// snapshots; the next copy completes, reusing what the killed ones uploaded.
+fn killed_copies_leave_a_valid_destination(backend: Backend) {
+    let env = Env::new(backend);
+    env.ok(&["repo", "init", "--pack-size-mib", "1"]);
+    let src = env.path("src");
+    for i in 0..12u64 {
+        write(&src.join(format!("part{i:02}.bin")), &noise(1 << 20, 40 + i));
+    }
+    env.backup(&[&src]);
+
+    // How long an uninterrupted copy takes here, into a scratch repository on the same backend.
+    let scratch = Destination::new(backend);
+    let started = std::time::Instant::now();
+    let whole = copy(&env, &scratch, &["--init", "latest"]);
+    let full = started.elapsed();
+    // An empty destination made through the library, as the storage service makes one.
+    let dest = Destination::new(backend);
+    let source_repo = Repository::open(env.repo_backend(), PASSWORD.as_bytes()).unwrap();
+    let fast = InitOptions { kdf: KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 }, ..Default::default() };
+    Repository::init_copy_of(dest.backend(), DEST_PASSWORD.as_bytes(), &source_repo, &fast).unwrap();
+
+    let mut seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    eprintln!("copy crash test seed {seed} (set CRASH_SEED to replay), uninterrupted copy {full:?}");
+    let mut kills = 0;
+    for _ in 0..30 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let delay = full.mul_f64((seed >> 11) as f64 / (1u64 << 53) as f64);
+        let mut child = env
+            .cmd()
+            .env("ARCA_TO_PASSWORD", DEST_PASSWORD)
+            .args(["copy", "--to", dest.url(), "--json", "latest"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+        let check = dest.run(&env, &["check"]);
+        assert!(check.status.success(), "check after kill {kills} at {delay:?}: {}", text(&check.stdout));
+        if kills == 8 {
+            break;
+        }
+    }
+    let last = copy(&env, &dest, &["latest"]);
+    let out = env.path("out");
+    dest.ok(&env, &["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_same_tree(&src, &restored(&out, &src));
+    let read = dest.run(&env, &["check", "--read-data"]);
+    assert!(read.status.success(), "{}", text(&read.stdout));
+    if count(&last, "snapshots_copied") == 1 {
+        assert!(
+            count(&last, "blobs_copied") < count(&whole, "blobs_copied"),
+            "the last copy reuses what killed ones uploaded: {last}"
+        );
     }
 }
