@@ -297,10 +297,13 @@ fn use_one_malloc_arena() {}
 fn main() -> ExitCode {
     use_one_malloc_arena();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ARCA_LOG").unwrap_or_else(|_| "error".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    // `arca server` installs the services' telemetry (logs, traces, metrics) itself.
+    if !matches!(cli.command, Command::Server(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ARCA_LOG").unwrap_or_else(|_| "error".into()))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

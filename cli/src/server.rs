@@ -41,6 +41,9 @@ pub struct ServerArgs {
     /// Seconds without a sign of life after which a worker's job is redelivered
     #[arg(long, default_value_t = 30)]
     ack_wait_seconds: u64,
+    /// Serve Prometheus metrics on http://ADDR/metrics
+    #[arg(long, env = "ARCA_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// A nats-server child process, stopped when dropped.
@@ -70,8 +73,12 @@ pub fn run(args: ServerArgs) -> Result<u8> {
     let key = ServerKey::load_or_create(&key_path)?;
     let mut worker = arca_worker::WorkerSettings { parallel: args.parallel, ..Default::default() };
     worker.ack_wait = Duration::from_secs(args.ack_wait_seconds);
+    let _telemetry = arca_telemetry::init("arca-server", "info,async_nats=warn,sqlx=warn,sea_orm=warn")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(async {
+        if let Some(addr) = args.metrics_addr {
+            arca_telemetry::serve_metrics(addr)?;
+        }
         let catalog = Catalog::build(CatalogConfig::new(&nats_url, &database)).await.context("start the catalog")?;
         let scheduler = Scheduler::build(SchedulerConfig::new(&nats_url)).await.context("start the scheduler")?;
         let transport = Transport::build(TransportConfig { worker: worker.clone(), ..TransportConfig::new(&nats_url, key.clone()) })

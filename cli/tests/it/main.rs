@@ -14,3 +14,4 @@ mod platform;
 mod prune;
 mod restore;
 mod server;
+mod tracing;

@@ -60,9 +60,16 @@ impl Platform {
     }
 
     /// Everything in one `arca server` process.
-    fn all_in_one(mut self) -> Platform {
+    fn all_in_one(self) -> Platform {
+        self.all_in_one_with(&[])
+    }
+
+    fn all_in_one_with(mut self, extra: &[&str]) -> Platform {
         let data = self.data.path().display().to_string();
-        self.spawn("server", &binary("arca"), &["server", "--data-dir", &data, "--nats", &self.nats.url.clone()]);
+        let nats = self.nats.url.clone();
+        let mut args = vec!["server", "--data-dir", &data, "--nats", &nats];
+        args.extend_from_slice(extra);
+        self.spawn("server", &binary("arca"), &args);
         self
     }
 
@@ -224,12 +231,24 @@ fn a_scheduled_backup_runs_then_incremental_restore_forget_and_verify_work() {
     platform.wait_succeeded(&tenant, &job);
 }
 
+/// The Prometheus text a metrics endpoint serves.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 #[test]
 fn a_failing_pre_hook_fails_the_job_with_its_output_and_the_post_hook_still_runs() {
     let work = tempfile::tempdir().unwrap();
     let (source_dir, repo) = (work.path().join("src"), work.path().join("repo"));
     make_source(&source_dir);
-    let platform = Platform::new().all_in_one();
+    let metrics =
+        format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+    let platform = Platform::new().all_in_one_with(&["--metrics-addr", &metrics]);
     let post = work.path().join("post-ran");
     let post_hook = format!("touch {}", post.display());
     let [tenant, _, _, policy] = define(
@@ -245,6 +264,9 @@ fn a_failing_pre_hook_fails_the_job_with_its_output_and_the_post_hook_still_runs
     let error = failed["error"].as_str().unwrap();
     assert!(error.contains("database will not quiesce") && error.contains("pre hook"), "{error}");
     assert!(post.exists(), "the post-hook ran after the failed pre-hook");
+    let scraped = scrape(&metrics);
+    assert!(scraped.contains(r#"arca_jobs_total{kind="backup",state="failed"} 1"#), "{scraped}");
+    assert!(scraped.contains("arca_job_duration_seconds"), "{scraped}");
     assert!(!repo.join("snapshots").exists() || std::fs::read_dir(repo.join("snapshots")).unwrap().count() == 0);
 }
 

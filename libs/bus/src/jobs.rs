@@ -143,6 +143,13 @@ impl JobConsumer {
         Ok(JobConsumer { consumer, config: Arc::new(config), store })
     }
 
+    /// Tickets waiting for a worker plus those delivered and not yet acknowledged.
+    pub async fn pending(&self) -> Result<u64, BusError> {
+        let mut consumer = self.consumer.clone();
+        let info = consumer.info().await.map_err(|e| BusError::unavailable("read the queue's consumer", e))?;
+        Ok(info.num_pending + info.num_ack_pending as u64)
+    }
+
     /// Waits up to `wait` for the next job.
     pub async fn next(&self, wait: Duration) -> Result<Option<JobDelivery>, BusError> {
         let mut batch = self

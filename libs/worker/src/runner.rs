@@ -17,7 +17,9 @@ use arca_bus::{BusError, EventStore, ExecuteError};
 use arca_domain::DomainError;
 use arca_domain::job::{Job, JobCommand, JobStatus};
 use arca_events::{JobId, JobKind, Metadata, PolicyId, SnapshotId, TargetId, TenantId, Trigger};
+use arca_telemetry::names;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 /// How one worker pool takes and runs jobs.
 #[derive(Clone, Debug)]
@@ -178,7 +180,15 @@ pub async fn run_worker<H: JobHandler>(
     let consumer = JobConsumer::open(store.clone(), settings.queue(handler.kind())).await?;
     let slots = Arc::new(Semaphore::new(settings.parallel.max(1)));
     let settings = Arc::new(settings);
+    let depth = metrics::gauge!(names::QUEUE_DEPTH, "kind" => handler.kind().as_str());
+    let mut depth_measured = Instant::now() - Duration::from_secs(60);
     loop {
+        if depth_measured.elapsed() >= Duration::from_secs(5) {
+            depth_measured = Instant::now();
+            if let Ok(pending) = consumer.pending().await {
+                depth.set(pending as f64);
+            }
+        }
         let slot = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
         match consumer.next(Duration::from_secs(5)).await {
             Ok(Some(delivery)) => {
@@ -199,11 +209,33 @@ pub async fn run_worker<H: JobHandler>(
 
 async fn handle<H: JobHandler>(handler: &H, store: &EventStore, settings: &WorkerSettings, delivery: JobDelivery) {
     let ticket = delivery.ticket.clone();
+    // One span per attempt, continuing the trace the ticket carries (the scheduler's firing,
+    // the API request, or the job this one follows up).
+    let span = tracing::info_span!(
+        "job",
+        kind = handler.kind().as_str(),
+        job = %ticket.job,
+        tenant = %ticket.tenant,
+        attempt = delivery.attempt
+    );
+    arca_telemetry::set_parent(&span, ticket.trace.as_ref());
     let meta = Metadata {
         correlation_id: uuid::Uuid::now_v7(),
         causation_id: None,
-        trace: ticket.trace.as_ref().map(|t| t.child()),
+        trace: arca_telemetry::trace_of(&span).or_else(|| ticket.trace.as_ref().map(|t| t.child())),
     };
+    attempt(handler, store, settings, delivery, ticket, meta).instrument(span).await;
+}
+
+async fn attempt<H: JobHandler>(
+    handler: &H,
+    store: &EventStore,
+    settings: &WorkerSettings,
+    delivery: JobDelivery,
+    ticket: JobTicket,
+    meta: Metadata,
+) {
+    let kind = handler.kind().as_str();
     let job = match store.load_state::<Job>(ticket.tenant, ticket.job.as_uuid()).await {
         Ok((job, _)) => job,
         Err(e) => return retry_later(delivery, &format!("load job {}: {e}", ticket.job)).await,
@@ -242,13 +274,31 @@ async fn handle<H: JobHandler>(handler: &H, store: &EventStore, settings: &Worke
         }
         Err(e) => return retry_later(delivery, &format!("start job {}: {e}", ticket.job)).await,
     }
-    tracing::info!(job = %ticket.job, kind = handler.kind().as_str(), attempt = delivery.attempt, "job started");
+    tracing::info!(job = %ticket.job, kind, attempt = delivery.attempt, "job started");
+    metrics::counter!(names::JOBS, "kind" => kind, "state" => "started").increment(1);
+    let running = metrics::gauge!(names::JOBS_RUNNING, "kind" => kind);
+    running.increment(1.0);
     let keep_alive = delivery.keep_alive();
     let reporter = tokio::spawn(report(ctx.clone(), settings.progress_every, settings.checkpoint_every));
     let started = Instant::now();
     let result = handler.run(ctx.clone()).await;
     reporter.abort();
     drop(keep_alive);
+    running.decrement(1.0);
+    metrics::histogram!(names::JOB_DURATION, "kind" => kind).record(started.elapsed().as_secs_f64());
+    match &result {
+        Ok(outcome) => {
+            metrics::counter!(names::JOBS, "kind" => kind, "state" => "succeeded").increment(1);
+            metrics::counter!(names::BYTES_IN, "kind" => kind).increment(outcome.bytes_read);
+            metrics::counter!(names::BYTES_OUT, "kind" => kind).increment(outcome.bytes_added);
+        }
+        Err(e) => {
+            let temporary = matches!(e, JobError::Temporary(_));
+            let state = if temporary { "retried" } else { "failed" };
+            metrics::counter!(names::JOBS, "kind" => kind, "state" => state).increment(1);
+            metrics::counter!(names::JOB_ERRORS, "kind" => kind, "temporary" => temporary.to_string()).increment(1);
+        }
+    }
     match result {
         Ok(outcome) => {
             let succeed = JobCommand::Succeed {
@@ -269,7 +319,7 @@ async fn handle<H: JobHandler>(handler: &H, store: &EventStore, settings: &Worke
                     return retry_later(delivery, &format!("record the success of job {}: {e}", ticket.job)).await;
                 }
             };
-            tracing::info!(job = %ticket.job, kind = handler.kind().as_str(), "job succeeded");
+            tracing::info!(job = %ticket.job, kind, "job succeeded");
             if let Err(e) = request_follow_ups(handler, &ctx, &job).await {
                 return retry_later(delivery, &e.to_string()).await;
             }

@@ -30,6 +30,7 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 /// How late a firing may be and still count as on time.
 pub const LATE_AFTER: Duration = Duration::from_secs(30);
@@ -243,6 +244,12 @@ fn apply_policy_event(plans: &mut HashMap<(TenantId, PolicyId), Plan>, payload: 
     }
 }
 
+/// A firing starts a trace: the span's own when OpenTelemetry records it, else a fresh one.
+fn firing_metadata(span: &tracing::Span) -> Metadata {
+    let root = Metadata::new_root();
+    Metadata { trace: arca_telemetry::trace_of(span).or(root.trace.clone()), ..root }
+}
+
 /// Requests the job for `policy`'s firing at `at` and puts its ticket on the queue; safe to
 /// call from several replicas for the same firing.
 pub async fn fire(
@@ -265,8 +272,9 @@ pub async fn fire(
         mode: Some(policy.mode),
         site: source.site.clone(),
     };
-    let meta = Metadata::new_root();
-    let fired = match store.execute::<Job>(tenant, job, &command, &meta).await {
+    let span = tracing::info_span!("fire", policy = %policy_id, %job, at = %at);
+    let meta = firing_metadata(&span);
+    let fired = match store.execute::<Job>(tenant, job, &command, &meta).instrument(span.clone()).await {
         Ok(committed) if committed.events.is_empty() => Fired::AlreadyRequested(job),
         Ok(_) => Fired::Requested(job),
         Err(ExecuteError::Domain(DomainError::IllegalTransition { .. })) => Fired::AlreadyRequested(job),
@@ -302,8 +310,9 @@ pub async fn fire_verify(
         mode: None,
         site: None,
     };
-    let meta = Metadata::new_root();
-    let fired = match store.execute::<Job>(tenant, job, &command, &meta).await {
+    let span = tracing::info_span!("fire_verify", policy = %policy_id, %job, at = %at);
+    let meta = firing_metadata(&span);
+    let fired = match store.execute::<Job>(tenant, job, &command, &meta).instrument(span).await {
         Ok(committed) if committed.events.is_empty() => Fired::AlreadyRequested(job),
         Ok(_) => Fired::Requested(job),
         Err(ExecuteError::Domain(DomainError::IllegalTransition { .. })) => Fired::AlreadyRequested(job),

@@ -10,6 +10,9 @@ struct Cli {
     /// NATS server with JetStream.
     #[arg(long, env = "ARCA_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats: String,
+    /// Serve Prometheus metrics on http://ADDR/metrics
+    #[arg(long, env = "ARCA_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Stream replicas: 1 on a single node, 3 in a JetStream cluster.
     #[arg(long, env = "ARCA_STREAM_REPLICAS", default_value_t = 1)]
     stream_replicas: usize,
@@ -17,11 +20,11 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let _telemetry = arca_telemetry::init("arca-scheduler", "info,async_nats=warn")?;
+    if let Some(addr) = cli.metrics_addr {
+        arca_telemetry::serve_metrics(addr)?;
+    }
     let config = SchedulerConfig { replicas: cli.stream_replicas, ..SchedulerConfig::new(cli.nats) };
     let scheduler = Scheduler::build(config).await.context("start the scheduler")?;
     tracing::info!("scheduler running");

@@ -14,6 +14,9 @@ struct Args {
     /// NATS server(s)
     #[arg(long, env = "ARCA_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats: String,
+    /// Serve Prometheus metrics on http://ADDR/metrics
+    #[arg(long, env = "ARCA_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// The deployment's secret key file (64 hex digits), shared by every service
     #[arg(long, env = "ARCA_SECRET_KEY_FILE")]
     secret_key_file: PathBuf,
@@ -33,13 +36,11 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    let _telemetry = arca_telemetry::init("arca-transport", "info,async_nats=warn")?;
+    if let Some(addr) = args.metrics_addr {
+        arca_telemetry::serve_metrics(addr)?;
+    }
     let key = ServerKey::load(&args.secret_key_file)?;
     let mut config = TransportConfig::new(args.nats, key);
     config.worker.site = args.site;
