@@ -85,10 +85,15 @@ impl Platform {
     }
 
     fn arca_output(&self, args: &[&str]) -> std::process::Output {
+        self.arca_output_with(args, &[])
+    }
+
+    fn arca_output_with(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         Command::new(binary("arca"))
             .args(args)
             .env("ARCA_NATS_URL", &self.nats.url)
             .env("ARCA_SECRET_KEY_FILE", self.key_file())
+            .envs(env.iter().copied())
             .output()
             .unwrap()
     }
@@ -336,4 +341,80 @@ fn a_tenant_over_its_quota_gets_no_more_backups() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("quota"), "{stderr}");
     assert_eq!(std::fs::read_dir(repo.join("snapshots")).unwrap().count(), snapshots, "nothing more was written");
+}
+
+#[test]
+fn a_policy_copies_each_backup_offsite_moving_only_new_chunks_and_the_copy_restores() {
+    let work = tempfile::tempdir().unwrap();
+    let (source_dir, repo) = (work.path().join("src"), work.path().join("repo"));
+    make_source(&source_dir);
+    let platform = Platform::new().all_in_one();
+    let offsite = arca_testkit::target(arca_testkit::Backend::S3);
+    let env = offsite.env_map();
+    let tenant = platform.arca(&["tenant", "create", "acme"]);
+    let output = platform.arca_output_with(
+        &[
+            "target",
+            "add",
+            "--tenant",
+            &tenant,
+            "offsite",
+            &offsite.url,
+            "--endpoint",
+            &env["AWS_ENDPOINT_URL"],
+            "--region",
+            "us-east-1",
+            "--access-key-id",
+            &env["AWS_ACCESS_KEY_ID"],
+        ],
+        &[("ARCA_TARGET_SECRET_ACCESS_KEY", &env["AWS_SECRET_ACCESS_KEY"])],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let offsite_id = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let primary =
+        platform.arca(&["target", "add", "--tenant", &tenant, "primary", &format!("fs://{}", repo.display())]);
+    let source = platform.arca(&["source", "add", "--tenant", &tenant, "docs", &source_dir.display().to_string()]);
+    let policy = platform.arca(&[
+        "policy",
+        "create",
+        "--tenant",
+        &tenant,
+        "offsite-too",
+        "--source",
+        &source,
+        "--target",
+        &primary,
+        "--every",
+        "3600",
+        "--copy-to",
+        &offsite_id,
+    ]);
+    let offsite_target: TargetId = offsite_id.parse().unwrap();
+    let copy_of = |backup: &str| {
+        let id =
+            arca_worker::ids::follow_up_job_id(backup.parse::<JobId>().unwrap(), JobKind::Copy, Some(offsite_target));
+        platform.wait_succeeded(&tenant, &id.to_string())
+    };
+
+    let backup = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
+    platform.wait_succeeded(&tenant, &backup);
+    let first = copy_of(&backup);
+    assert!(first["bytes_added"].as_u64().unwrap() > 1 << 20, "the first copy moves the data: {first}");
+
+    write(&source_dir.join("a/two.txt"), b"changed after the first copy\n");
+    let backup = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
+    platform.wait_succeeded(&tenant, &backup);
+    let second = copy_of(&backup);
+    assert!(
+        second["bytes_added"].as_u64().unwrap() < 64 << 10,
+        "the second copy moves only the changed file's chunk and its trees: {second}"
+    );
+
+    // Restore from the copy: identical files.
+    let restored = work.path().join("restored");
+    let snapshot = second["snapshot"].as_str().unwrap().to_owned();
+    let to = restored.display().to_string();
+    let job = platform.arca(&["job", "restore", "--tenant", &tenant, "--snapshot", &snapshot, "--to", &to]);
+    platform.wait_succeeded(&tenant, &job);
+    assert_same_tree(&source_dir, &restored.join(source_dir.strip_prefix("/").unwrap()));
 }

@@ -11,11 +11,16 @@
 //! asks for the policy's follow-ups: a forget job when the policy has retention rules, and
 //! a copy job to each copy target.
 //!
+//! A copy job copies one snapshot into another target of the tenant (see [`CopyHandler`]),
+//! reading the first repository, never the production source, and records the copy as a
+//! snapshot of the destination target.
+//!
 //! A worker killed mid-backup stops acknowledging; the queue redelivers the job to another
 //! worker after the ack wait, which backs up again, reusing every pack the dead one indexed.
 //! The snapshot is written last, so no partial snapshot becomes visible.
 
 mod backup;
+mod copy;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +32,7 @@ use arca_worker::runner::run_worker;
 use arca_worker::{Targets, WorkerSettings};
 
 pub use backup::BackupHandler;
+pub use copy::CopyHandler;
 
 /// How to run a transport worker.
 #[derive(Clone, Debug)]
@@ -70,13 +76,15 @@ impl Transport {
         Ok(Transport { targets: Targets::new(store, secrets, config.key.clone()), config })
     }
 
-    /// Takes backup jobs until `shutdown` completes.
+    /// Takes backup and copy jobs until `shutdown` completes.
     pub async fn run_until_stopped(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), BusError> {
         let store = self.targets.store().clone();
         let backups = Arc::new(BackupHandler::new(self.targets.clone(), self.config.hook_timeout));
+        let copies = Arc::new(CopyHandler::new(self.targets.clone()));
         tokio::select! {
             () = shutdown => Ok(()),
-            result = run_worker(backups, store, self.config.worker.clone()) => result,
+            result = run_worker(backups, store.clone(), self.config.worker.clone()) => result,
+            result = run_worker(copies, store, self.config.worker.clone()) => result,
         }
     }
 }
