@@ -418,3 +418,46 @@ fn a_policy_copies_each_backup_offsite_moving_only_new_chunks_and_the_copy_resto
     platform.wait_succeeded(&tenant, &job);
     assert_same_tree(&source_dir, &restored.join(source_dir.strip_prefix("/").unwrap()));
 }
+
+#[test]
+fn verify_jobs_read_the_packs_back_part_by_part_and_name_a_damaged_one() {
+    let work = tempfile::tempdir().unwrap();
+    let (source_dir, repo) = (work.path().join("src"), work.path().join("repo"));
+    make_source(&source_dir);
+    let platform = Platform::new().all_in_one();
+    let [tenant, target, _, policy] = define(&platform, &source_dir, &repo, &[], &["--every", "3600"]);
+    let job = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
+    platform.wait_succeeded(&tenant, &job);
+    let mut packs: Vec<PathBuf> = walk_files(&repo.join("data"));
+    packs.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
+    let damaged = packs.last().unwrap().clone();
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&damaged, bytes).unwrap();
+    let damaged_id = damaged.file_name().unwrap().to_string_lossy().into_owned();
+
+    let mut packs_read = 0;
+    for run in 1..=10 {
+        let job = platform.arca(&["job", "verify", "--tenant", &tenant, "--target", &target]);
+        let verify = platform.wait_job(&tenant, &job);
+        if verify["status"] == "failed" {
+            let error = verify["error"].as_str().unwrap();
+            assert!(error.contains(&damaged_id) && error.contains("hurt"), "run {run}: {error}");
+            assert!(packs_read < packs.len(), "the damaged pack was found in its own part, not after every pack");
+            return;
+        }
+        assert_eq!(verify["status"], "succeeded", "{verify}");
+        packs_read += verify["files"].as_u64().unwrap() as usize;
+    }
+    panic!("ten verifies (every part once) never read the damaged pack");
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { files.extend(walk_files(&path)) } else { files.push(path) }
+    }
+    files
+}

@@ -88,22 +88,31 @@ impl TargetSpec {
         Repository::open(backend, &self.passphrase)
     }
 
-    /// Opens the repository, creating it first when the target holds none (blocking).
-    /// Two callers creating it at once are safe: the loser opens the winner's.
-    pub fn open_or_init(&self) -> Result<Repository, arca_repo::Error> {
-        match self.open() {
-            Err(arca_repo::Error::NotARepository(_)) => {}
-            other => return other,
-        }
+    /// Creates the tenant's repository at this target (blocking). Only
+    /// [`Targets::ensure_repository`] calls it, under the platform-wide creation claim: two
+    /// creators at once could each believe they won on a store without atomic creation.
+    fn init(&self) -> Result<Repository, arca_repo::Error> {
         let target = arca_repo::Target::parse(&self.location)?;
         let backend = Backend::open(&target, &self.options)?;
         let options =
             InitOptions { kdf: tenant_kdf(), identity: Some(self.identity.clone()), ..InitOptions::default() };
-        match Repository::init(backend, &self.passphrase, &options) {
-            Err(arca_repo::Error::AlreadyInitialized(_)) => self.open(),
-            other => other,
-        }
+        Repository::init(backend, &self.passphrase, &options)
     }
+}
+
+/// How long a service waits for another one to finish creating a repository.
+const CREATION_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs `work` with `spec` on a blocking thread (a repository must not be dropped in async code).
+async fn blocking<T: Send + 'static>(
+    spec: &TargetSpec,
+    work: impl FnOnce(&TargetSpec) -> Result<T, arca_repo::Error> + Send + 'static,
+) -> Result<T, TargetError> {
+    let spec = spec.clone();
+    tokio::task::spawn_blocking(move || work(&spec))
+        .await
+        .map_err(|e| TargetError::Repository(arca_repo::Error::Refused(format!("a repository thread stopped: {e}"))))?
+        .map_err(TargetError::Repository)
 }
 
 /// Resolves targets for the services.
@@ -121,6 +130,65 @@ impl Targets {
 
     pub fn store(&self) -> &EventStore {
         &self.store
+    }
+
+    /// Makes sure the tenant's repository exists at `spec`, creating it when the target holds
+    /// none. Creation is claimed in the `arca-repositories` key-value bucket (an atomic
+    /// create), so exactly one service instance creates it while the others wait for it.
+    pub async fn ensure_repository(&self, spec: &TargetSpec) -> Result<(), TargetError> {
+        match blocking(spec, |spec| spec.open().map(|_| ())).await {
+            Err(TargetError::Repository(arca_repo::Error::NotARepository(_))) => {}
+            other => return other,
+        }
+        let bus = self.store.bus();
+        let claims = bus
+            .jetstream()
+            .create_or_update_key_value(async_nats::jetstream::kv::Config {
+                bucket: "arca-repositories".into(),
+                history: 1,
+                num_replicas: bus.config().replicas,
+                storage: async_nats::jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                TargetError::Control(ExecuteError::Bus(arca_bus::BusError::unavailable(
+                    "open the repository claims",
+                    e,
+                )))
+            })?;
+        let key = format!("{}.{}", spec.tenant, spec.target);
+        let claimed = claims.create(&key, Vec::from(&b"creating"[..]).into()).await.is_ok();
+        if claimed {
+            let created = blocking(spec, |spec| spec.init().map(|repo| repo.config().id.clone())).await;
+            match created {
+                Ok(id) => {
+                    let _ = claims.put(&key, id.into_bytes().into()).await;
+                    return Ok(());
+                }
+                Err(e) => {
+                    // Let the next attempt claim it again.
+                    let _ = claims.delete(&key).await;
+                    return Err(e);
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + CREATION_WAIT;
+        loop {
+            match blocking(spec, |spec| spec.open().map(|_| ())).await {
+                Err(TargetError::Repository(arca_repo::Error::NotARepository(_)))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(TargetError::Repository(arca_repo::Error::NotARepository(location))) => {
+                    return Err(TargetError::Repository(arca_repo::Error::Locked(format!(
+                        "another service is still creating the repository at {location}"
+                    ))));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The target as the log describes it now, with its credentials.

@@ -88,10 +88,7 @@ async fn create_one(
         Err(e) => return Err(e),
     };
     let name = spec.name.clone();
-    let repo =
-        tokio::task::spawn_blocking(move || spec.open_or_init().map(|repo| repo.config().id.clone()))
-            .await
-            .map_err(|e| arca_worker::targets::TargetError::Repository(arca_repo::Error::Refused(e.to_string())))??;
-    tracing::info!(%target, %name, repository = %repo, "repository ready");
+    targets.ensure_repository(&spec).await?;
+    tracing::info!(%target, %name, "repository ready");
     Ok(())
 }

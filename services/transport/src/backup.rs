@@ -91,6 +91,7 @@ impl JobHandler for BackupHandler {
         }
         check_quota(&store.tenant_facts(ctx.tenant).await?)?;
         let spec = self.targets.describe(ctx.tenant, target_id).await?;
+        self.targets.ensure_repository(&spec).await?;
         let what = backup_source(&source)?;
 
         let result = async {
@@ -116,7 +117,7 @@ impl JobHandler for BackupHandler {
             };
             let spec = spec.clone();
             tokio::task::spawn_blocking(move || {
-                let repo = spec.open_or_init()?;
+                let repo = spec.open()?;
                 let outcome = arca_repo::backup(&repo, what, &options)?;
                 Ok::<_, arca_repo::Error>((outcome, repository_bytes(&repo)?))
             })

@@ -45,6 +45,7 @@ impl JobHandler for CopyHandler {
         }
         let from = self.targets.describe(ctx.tenant, commit.target).await?;
         let to = self.targets.describe(ctx.tenant, destination).await?;
+        self.targets.ensure_repository(&to).await?;
         let progress = Arc::new(CopyProgress::default());
         let reading = progress.clone();
         ctx.report_progress(move || ProgressReading {
@@ -55,7 +56,7 @@ impl JobHandler for CopyHandler {
         let repo_snapshot = commit.repo_snapshot.clone();
         let (report, stored) = tokio::task::spawn_blocking(move || {
             let source = from.open()?;
-            let destination = to.open_or_init()?;
+            let destination = to.open()?;
             let report =
                 copy_snapshots(&source, &destination, &[repo_snapshot], &CopyOptions { progress: Some(progress) })?;
             Ok::<_, arca_repo::Error>((report, repository_bytes(&destination)?))
