@@ -79,7 +79,8 @@ pub fn run(args: ServerArgs) -> Result<u8> {
         if let Some(addr) = args.metrics_addr {
             arca_telemetry::serve_metrics(addr)?;
         }
-        let catalog = Catalog::build(CatalogConfig::new(&nats_url, &database)).await.context("start the catalog")?;
+        let catalog_config = CatalogConfig { server_key: Some(key.clone()), ..CatalogConfig::new(&nats_url, &database) };
+        let catalog = Catalog::build(catalog_config).await.context("start the catalog")?;
         let scheduler = Scheduler::build(SchedulerConfig::new(&nats_url)).await.context("start the scheduler")?;
         let transport = Transport::build(TransportConfig { worker: worker.clone(), ..TransportConfig::new(&nats_url, key.clone()) })
             .await

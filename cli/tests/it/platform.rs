@@ -151,21 +151,20 @@ fn make_source(dir: &Path) {
     write(&dir.join("b/three.bin"), &noise(1 << 20, 2));
 }
 
-/// The newest succeeded backup job of `tenant`, from the catalog.
-fn succeeded_backups(nats: &str, tenant: &str) -> Vec<serde_json::Value> {
+/// A catalog query's answer (`null` when it failed).
+fn catalog_query(nats: &str, query: &str, request: serde_json::Value) -> serde_json::Value {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let bus = Bus::connect(BusConfig::new(nats)).await.unwrap();
-        let page: serde_json::Value = bus
-            .request(
-                "arca.q.catalog.jobs.list",
-                &serde_json::json!({ "tenant": tenant, "kind": "backup", "status": "succeeded" }),
-                None,
-                Duration::from_secs(2),
-            )
+        bus.request(&format!("arca.q.catalog.{query}"), &request, None, Duration::from_secs(2))
             .await
-            .unwrap_or_default();
-        page["items"].as_array().cloned().unwrap_or_default()
+            .unwrap_or_default()
     })
+}
+
+/// The succeeded backup jobs of `tenant`, from the catalog.
+fn succeeded_backups(nats: &str, tenant: &str) -> Vec<serde_json::Value> {
+    let request = serde_json::json!({ "tenant": tenant, "kind": "backup", "status": "succeeded" });
+    catalog_query(nats, "jobs.list", request)["items"].as_array().cloned().unwrap_or_default()
 }
 
 #[test]
@@ -207,6 +206,27 @@ fn a_scheduled_backup_runs_then_incremental_restore_forget_and_verify_work() {
     assert_eq!(second["bytes_read"], 31, "an incremental backup reads only the changed file: {second}");
     assert_eq!(second["files"], 3, "{second}");
     let snapshot = second["snapshot"].as_str().unwrap().to_owned();
+
+    // The catalog indexed both snapshots' files: the changed file has two versions.
+    let changed = source_dir.join("a/two.txt").display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let hits =
+            catalog_query(&platform.nats.url, "files.search", serde_json::json!({ "tenant": tenant, "path": changed }));
+        let versions = hits["items"].as_array().cloned().unwrap_or_default();
+        if versions.len() == 2 {
+            let sizes: Vec<u64> = versions.iter().map(|v| v["size"].as_u64().unwrap()).collect();
+            assert!(sizes.contains(&16) && sizes.contains(&31), "{hits}");
+            assert!(versions.iter().any(|v| v["snapshots"].as_array().unwrap().iter().any(|s| s["id"] == snapshot)));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the file index never showed both versions: {hits}\n{}",
+            platform.log("server")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     let restored = work.path().join("restored");
     let restore_to = restored.display().to_string();

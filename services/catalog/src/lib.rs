@@ -24,6 +24,7 @@ pub mod dump;
 pub mod entities;
 pub mod error;
 pub mod files;
+pub mod indexer;
 pub mod migration;
 pub mod projector;
 pub mod queries;

@@ -27,6 +27,12 @@ enum Command {
         /// Durable consumer name (default: derived from the database URL; one per database).
         #[arg(long)]
         consumer: Option<String>,
+        /// The deployment's secret key file: lets the catalog read repositories to index files
+        #[arg(long, env = "ARCA_SECRET_KEY_FILE")]
+        secret_key_file: Option<std::path::PathBuf>,
+        /// Serve Prometheus metrics on http://ADDR/metrics
+        #[arg(long, env = "ARCA_METRICS_ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Replay the whole event log into an empty database.
     Rebuild,
@@ -34,20 +40,20 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,sea_orm=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let _telemetry = arca_telemetry::init("arca-catalog", "info,async_nats=warn,sqlx=warn,sea_orm=warn")?;
     match cli.command {
-        Command::Run { consumer } => {
+        Command::Run { consumer, secret_key_file, metrics_addr } => {
+            if let Some(addr) = metrics_addr {
+                arca_telemetry::serve_metrics(addr)?;
+            }
             let mut config =
                 CatalogConfig { replicas: cli.stream_replicas, ..CatalogConfig::new(cli.nats, cli.database) };
             if let Some(consumer) = consumer {
                 config.consumer = consumer;
+            }
+            if let Some(path) = secret_key_file {
+                config.server_key = Some(arca_worker::keys::ServerKey::load(&path)?);
             }
             let catalog = Catalog::build(config).await.context("start the catalog")?;
             tracing::info!("catalog running");

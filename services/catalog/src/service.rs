@@ -27,6 +27,9 @@ pub struct CatalogConfig {
     /// The durable consumer's name; one per catalog database (see [`CatalogConfig::new`]).
     pub consumer: String,
     pub replicas: usize,
+    /// The deployment's server key: with it the catalog opens repositories to fill the file
+    /// index (see [`crate::indexer`]); without it the file index stays empty.
+    pub server_key: Option<arca_worker::keys::ServerKey>,
 }
 
 impl CatalogConfig {
@@ -35,7 +38,7 @@ impl CatalogConfig {
     pub fn new(nats_url: impl Into<String>, database_url: impl Into<String>) -> Self {
         let database_url = database_url.into();
         let consumer = format!("catalog-{}", &blake3::hash(database_url.as_bytes()).to_hex()[..16]);
-        Self { nats_url: nats_url.into(), database_url, consumer, replicas: 1 }
+        Self { nats_url: nats_url.into(), database_url, consumer, replicas: 1, server_key: None }
     }
 }
 
@@ -74,15 +77,43 @@ impl Catalog {
         let queries = crate::api::serve(&self.bus, self.db.clone(), self.stats.clone()).await?;
         let projection =
             tokio::spawn(project(self.bus.clone(), self.db.clone(), self.config.consumer.clone(), self.stats.clone()));
+        let indexer = match &self.config.server_key {
+            Some(key) => {
+                let store = self.bus.event_store().await?;
+                let secrets = arca_bus::secrets::SecretStore::open(&self.bus, &key.secret_store_key()).await?;
+                let targets = arca_worker::Targets::new(store, secrets, key.clone());
+                let name = format!("{}-files", self.config.consumer);
+                tokio::spawn(crate::indexer::run(self.bus.clone(), self.db.clone(), targets, name))
+            }
+            None => tokio::spawn(std::future::pending()),
+        };
+        let lag = tokio::spawn(measure_lag(self.bus.clone(), self.stats.clone()));
         let result = tokio::select! {
             () = shutdown => Ok(()),
             finished = projection => match finished {
                 Ok(result) => result,
                 Err(e) => Err(CatalogError::Internal(format!("projection task: {e}"))),
             },
+            finished = indexer => match finished {
+                Ok(result) => result,
+                Err(e) => Err(CatalogError::Internal(format!("file index task: {e}"))),
+            },
         };
         queries.abort();
+        lag.abort();
         result
+    }
+}
+
+/// Keeps the `arca_catalog_lag_events` gauge current: events in the log not yet applied.
+async fn measure_lag(bus: Bus, stats: Arc<Stats>) {
+    let gauge = metrics::gauge!(arca_telemetry::names::CATALOG_LAG);
+    let Ok(store) = bus.event_store().await else { return };
+    loop {
+        if let Ok(last) = store.last_sequence().await {
+            gauge.set(last.saturating_sub(stats.last_applied.load(Ordering::Relaxed)) as f64);
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
 
