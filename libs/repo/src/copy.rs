@@ -266,7 +266,10 @@ pub fn copy_snapshots(
     report.bytes_copied = counters.plaintext.load(Ordering::Relaxed);
     report.bytes_read = counters.read.load(Ordering::Relaxed);
 
-    // Every pack and index is written: now the manifests, oldest first so parents map.
+    // Every pack and index is written: now the manifests, oldest first so parents map. Look
+    // again at what the destination holds, so a copy of the same snapshots that finished
+    // meanwhile is not written twice.
+    in_destination.extend(destination.snapshots()?.into_iter().map(|(id, s)| (snapshot_key(&s), id)));
     let mut destination_ids: HashMap<String, String> = HashMap::new();
     for (id, snapshot) in &selected {
         let key = snapshot_key(snapshot);
