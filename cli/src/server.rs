@@ -41,6 +41,12 @@ pub struct ServerArgs {
     /// Seconds without a sign of life after which a worker's job is redelivered
     #[arg(long, default_value_t = 30)]
     ack_wait_seconds: u64,
+    /// Deliveries of a job before it is dead-lettered
+    #[arg(long, default_value_t = 5)]
+    max_attempts: u32,
+    /// Pause before a failed job is tried again, in seconds (repeatable: one per retry, the last repeats)
+    #[arg(long = "retry-backoff-seconds", default_values_t = [5, 30, 120])]
+    retry_backoff_seconds: Vec<u64>,
     /// Serve Prometheus metrics on http://ADDR/metrics
     #[arg(long, env = "ARCA_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -73,6 +79,8 @@ pub fn run(args: ServerArgs) -> Result<u8> {
     let key = ServerKey::load_or_create(&key_path)?;
     let mut worker = arca_worker::WorkerSettings { parallel: args.parallel, ..Default::default() };
     worker.ack_wait = Duration::from_secs(args.ack_wait_seconds);
+    worker.max_deliver = args.max_attempts.max(1);
+    worker.backoff = args.retry_backoff_seconds.iter().map(|s| Duration::from_secs(*s)).collect();
     let _telemetry = arca_telemetry::init("arca-server", "info,async_nats=warn,sqlx=warn,sea_orm=warn")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(async {

@@ -27,18 +27,68 @@ fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// A nats-server this test can stop and start again on the same port and store.
+struct RestartableNats {
+    port: u16,
+    store: tempfile::TempDir,
+    process: Option<Process>,
+}
+
+impl RestartableNats {
+    fn start() -> RestartableNats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut nats = RestartableNats { port, store: tempfile::tempdir().unwrap(), process: None };
+        nats.resume();
+        nats
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        self.process.take();
+    }
+
+    fn resume(&mut self) {
+        let child = Command::new(arca_testkit::tool("nats-server"))
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(self.store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.process = Some(Process(child));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start on {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// A platform under test: its NATS, its data folder, its processes.
 struct Platform {
-    nats: arca_testkit::NatsServer,
+    nats: NatsUrl,
+    _server: Option<arca_testkit::NatsServer>,
     data: tempfile::TempDir,
     processes: Vec<(String, Process)>,
 }
 
+struct NatsUrl {
+    url: String,
+}
+
 impl Platform {
     fn new() -> Platform {
+        let server = arca_testkit::nats_server();
+        Platform::on(server.url.clone(), Some(server))
+    }
+
+    fn on(url: String, server: Option<arca_testkit::NatsServer>) -> Platform {
         let data = tempfile::tempdir().unwrap();
         std::fs::write(data.path().join("secret.key"), "ab".repeat(32)).unwrap();
-        Platform { nats: arca_testkit::nats_server(), data, processes: Vec::new() }
+        Platform { nats: NatsUrl { url }, _server: server, data, processes: Vec::new() }
     }
 
     fn key_file(&self) -> PathBuf {
@@ -480,4 +530,245 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
         if path.is_dir() { files.extend(walk_files(&path)) } else { files.push(path) }
     }
     files
+}
+
+#[test]
+fn a_malformed_job_message_is_dead_lettered_and_work_goes_on() {
+    let work = tempfile::tempdir().unwrap();
+    let (source_dir, repo) = (work.path().join("src"), work.path().join("repo"));
+    make_source(&source_dir);
+    let platform = Platform::new().all_in_one();
+    let [tenant, _, _, policy] = define(&platform, &source_dir, &repo, &[], &["--every", "3600"]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let bus = runtime.block_on(Bus::connect(BusConfig::new(&platform.nats.url))).unwrap();
+    runtime.block_on(async {
+        let ack = bus.jetstream().publish("arca.job.backup", "{not a ticket".into()).await.unwrap();
+        ack.await.unwrap();
+    });
+    let job = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
+    platform.wait_succeeded(&tenant, &job);
+    let dead = runtime.block_on(async {
+        let mut stream = bus.jetstream().get_stream(arca_bus::DEAD_STREAM).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stream.info().await.unwrap().state.messages == 0 {
+            assert!(Instant::now() < deadline, "nothing reached the dead-letter stream");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stream.get_last_raw_message_by_subject("arca.dead.arca.job.backup").await.unwrap()
+    });
+    assert_eq!(&dead.payload[..], b"{not a ticket");
+    let reason = dead.headers.get("Arca-Dead-Reason").map(|v| v.as_str().to_owned()).unwrap_or_default();
+    assert!(reason.contains("not a job ticket"), "{reason}");
+}
+
+#[test]
+fn a_job_finishes_when_nats_restarts_while_it_runs() {
+    let work = tempfile::tempdir().unwrap();
+    let (source_dir, repo) = (work.path().join("src"), work.path().join("repo"));
+    make_source(&source_dir);
+    let mut nats = RestartableNats::start();
+    let platform = Platform::on(nats.url(), None).all_in_one();
+    let started = work.path().join("started");
+    let pre_hook = format!("touch {}; sleep 4", started.display());
+    let [tenant, _, _, policy] =
+        define(&platform, &source_dir, &repo, &["--pre-hook", &pre_hook], &["--every", "3600"]);
+    let job = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "the job never started:\n{}", platform.log("server"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nats.stop();
+    std::thread::sleep(Duration::from_secs(1));
+    nats.resume();
+    let done = platform.wait_succeeded(&tenant, &job);
+    assert_eq!(done["attempt"], 1, "the same attempt finished after the restart: {done}");
+    assert_eq!(std::fs::read_dir(repo.join("snapshots")).unwrap().count(), 1);
+}
+
+/// A TCP proxy to a real server that the test can cut off (connections refused and dropped)
+/// and restore, to stand for an object store outage.
+struct Outage {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Outage {
+    fn new(upstream: &str) -> Outage {
+        use std::sync::atomic::Ordering;
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = up.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !flag.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else { continue };
+                let flag = flag.clone();
+                std::thread::spawn(move || pipe(client, server, flag));
+            }
+        });
+        Outage { port, up }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies both ways until either side closes or the outage begins.
+fn pipe(client: std::net::TcpStream, server: std::net::TcpStream, up: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::io::{Read, Write};
+    let copy = |mut from: std::net::TcpStream,
+                mut to: std::net::TcpStream,
+                up: std::sync::Arc<std::sync::atomic::AtomicBool>| {
+        from.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            if !up.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = to.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            match from.read(&mut buf) {
+                Ok(0) => {
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                    return;
+                }
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let up2 = up.clone();
+    let forward = std::thread::spawn(move || copy(client, server, up));
+    copy(s2, c2, up2);
+    let _ = forward.join();
+}
+
+#[test]
+fn a_copy_retries_through_an_object_store_outage_then_fails_clearly_and_works_again() {
+    let work = tempfile::tempdir().unwrap();
+    let (source_dir, repo) = (work.path().join("src"), work.path().join("repo"));
+    make_source(&source_dir);
+    let offsite = arca_testkit::target(arca_testkit::Backend::S3);
+    let env = offsite.env_map();
+    let outage = Outage::new(&env["AWS_ENDPOINT_URL"]);
+    let mut platform = Platform::new();
+    let data = platform.data.path().display().to_string();
+    let nats = platform.nats.url.clone();
+    let server_args = [
+        "server",
+        "--data-dir",
+        &data,
+        "--nats",
+        &nats,
+        "--max-attempts",
+        "3",
+        "--retry-backoff-seconds",
+        "1",
+        "--ack-wait-seconds",
+        "2",
+    ];
+    let log = std::fs::File::create(platform.data.path().join("server.log")).unwrap();
+    let child = Command::new(binary("arca"))
+        .args(server_args)
+        .env("ARCA_STORAGE_RETRIES", "1")
+        .env("ARCA_TEST_FAST_KDF", "1")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    platform.processes.push(("server".into(), Process(child)));
+    let tenant = platform.arca(&["tenant", "create", "acme"]);
+    let endpoint = outage.endpoint();
+    let output = platform.arca_output_with(
+        &[
+            "target",
+            "add",
+            "--tenant",
+            &tenant,
+            "offsite",
+            &offsite.url,
+            "--endpoint",
+            &endpoint,
+            "--region",
+            "us-east-1",
+            "--access-key-id",
+            &env["AWS_ACCESS_KEY_ID"],
+        ],
+        &[("ARCA_TARGET_SECRET_ACCESS_KEY", &env["AWS_SECRET_ACCESS_KEY"])],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let offsite_id: TargetId = String::from_utf8(output.stdout).unwrap().trim().parse().unwrap();
+    let primary =
+        platform.arca(&["target", "add", "--tenant", &tenant, "primary", &format!("fs://{}", repo.display())]);
+    let source = platform.arca(&["source", "add", "--tenant", &tenant, "docs", &source_dir.display().to_string()]);
+    let copy_to = offsite_id.to_string();
+    let policy = platform.arca(&[
+        "policy",
+        "create",
+        "--tenant",
+        &tenant,
+        "p",
+        "--source",
+        &source,
+        "--target",
+        &primary,
+        "--every",
+        "3600",
+        "--copy-to",
+        &copy_to,
+    ]);
+    let copy_of = |backup: &str| {
+        arca_worker::ids::follow_up_job_id(backup.parse::<JobId>().unwrap(), JobKind::Copy, Some(offsite_id))
+            .to_string()
+    };
+    let show = |job: &str| -> serde_json::Value {
+        serde_json::from_str(&platform.arca(&["job", "show", "--tenant", &tenant, job])).unwrap()
+    };
+
+    // Down while the copy runs: it is retried, and finishes once the store is back.
+    outage.set_up(false);
+    let backup = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
+    platform.wait_succeeded(&tenant, &backup);
+    let copy = copy_of(&backup);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while show(&copy)["attempt"].as_u64().unwrap_or(0) < 2 {
+        assert!(Instant::now() < deadline, "the copy was not retried: {}\n{}", show(&copy), platform.log("server"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    outage.set_up(true);
+    let copied = platform.wait_succeeded(&tenant, &copy);
+    assert!(copied["attempt"].as_u64().unwrap() >= 2, "{copied}");
+
+    // Down for longer than every try: the copy fails, saying why.
+    outage.set_up(false);
+    write(&source_dir.join("a/two.txt"), b"changed while the store is down\n");
+    let backup = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
+    platform.wait_succeeded(&tenant, &backup);
+    let failed = platform.wait_job(&tenant, &copy_of(&backup));
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("storage") || error.contains("connect"), "{error}");
+
+    // Back again: the next copy works.
+    outage.set_up(true);
+    let backup = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
+    platform.wait_succeeded(&tenant, &backup);
+    platform.wait_succeeded(&tenant, &copy_of(&backup));
 }

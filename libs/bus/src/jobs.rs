@@ -21,7 +21,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use crate::{Bus, BusError, EventStore, ExecuteError, JOB_SUBJECT_PREFIX, JOBS_STREAM, headers};
+use crate::{Bus, BusError, DEAD_SUBJECT_PREFIX, EventStore, ExecuteError, JOB_SUBJECT_PREFIX, JOBS_STREAM, headers};
 
 /// What a worker needs to find a job; the job's details are in its events.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,8 +175,21 @@ impl JobConsumer {
                     }));
                 }
                 Err(e) => {
-                    // Not a ticket: it can never succeed. Drop it, loudly.
-                    tracing::error!(subject = %message.subject, error = %e, "dropping a malformed job ticket");
+                    // Not a ticket: it can never succeed. Keep it in the dead-letter stream
+                    // with the reason, and take it off the queue so nothing else waits.
+                    tracing::error!(subject = %message.subject, error = %e, "dead-lettering a malformed job message");
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("Arca-Dead-Reason", format!("not a job ticket: {e}").as_str());
+                    let dead = PublishMessage::build().headers(headers).payload(message.payload.clone());
+                    let subject = format!("{DEAD_SUBJECT_PREFIX}.{}", message.subject);
+                    match self.store.bus().jetstream().send_publish(subject, dead).await {
+                        Ok(ack) => {
+                            if let Err(e) = ack.await {
+                                tracing::warn!(error = %e, "the dead-letter stream did not confirm a message");
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "could not dead-letter a malformed job message"),
+                    }
                     message
                         .ack_with(AckKind::Term)
                         .await

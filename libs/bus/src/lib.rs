@@ -4,6 +4,7 @@
 //! |---|---|---|---|
 //! | `EVENTS` | `arca.evt.<tenant>.<aggregate>.<id>` | forever (limits, none set) | the event log: the truth |
 //! | `JOBS` | `arca.job.<kind>[.<site>]` | work queue (gone once acked) | work for the services |
+//! | `DEAD` | `arca.dead.<subject>` | 30 days | job messages no worker can read, for inspection |
 //!
 //! - [`EventStore`] appends with optimistic concurrency (`Nats-Expected-Last-Subject-Sequence`)
 //!   and idempotency (`Nats-Msg-Id` = event id), loads an aggregate from its subject, and
@@ -36,6 +37,10 @@ pub const EVENTS_STREAM: &str = "EVENTS";
 pub const JOBS_STREAM: &str = "JOBS";
 /// Every job subject starts with this.
 pub const JOB_SUBJECT_PREFIX: &str = "arca.job";
+/// Name of the dead-letter stream: messages no worker can read, kept for inspection.
+pub const DEAD_STREAM: &str = "DEAD";
+/// A dead message is kept under `arca.dead.<its original subject>`.
+pub const DEAD_SUBJECT_PREFIX: &str = "arca.dead";
 
 /// How to reach NATS and how to lay out the streams.
 #[derive(Clone, Debug)]
@@ -100,7 +105,16 @@ impl Bus {
             allow_direct: true,
             ..Default::default()
         };
-        for config in [events, jobs] {
+        let dead = stream::Config {
+            name: DEAD_STREAM.into(),
+            subjects: vec![format!("{DEAD_SUBJECT_PREFIX}.>")],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: self.config.replicas,
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            ..Default::default()
+        };
+        for config in [events, jobs, dead] {
             let name = config.name.clone();
             self.jetstream
                 .create_or_update_stream(config)

@@ -139,6 +139,12 @@ pub struct Backend {
     target: Target,
 }
 
+/// Retries of one storage request before it fails (`ARCA_STORAGE_RETRIES`, default 6: about a
+/// minute of backoff). Services also retry whole jobs, so they may set it lower.
+fn storage_retries() -> usize {
+    std::env::var("ARCA_STORAGE_RETRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(6)
+}
+
 fn install_process_defaults() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -200,7 +206,7 @@ impl Backend {
         };
         let op = op
             .layer(TimeoutLayer::new().with_timeout(Duration::from_secs(120)).with_io_timeout(Duration::from_secs(60)))
-            .layer(RetryLayer::new().with_jitter().with_max_times(6));
+            .layer(RetryLayer::new().with_jitter().with_max_times(storage_retries()));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("arca-io")

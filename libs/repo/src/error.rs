@@ -67,10 +67,15 @@ impl From<std::io::Error> for Error {
 }
 
 impl Error {
-    /// Whether retrying the same operation later may succeed.
+    /// Whether retrying the same operation later may succeed. A store that could not be
+    /// reached (or throttled) stays a reason to try again later even after the backend's own
+    /// retries gave up on it: the outage may end.
     pub fn is_temporary(&self) -> bool {
         match self {
-            Error::Storage { source, .. } => source.is_temporary(),
+            Error::Storage { source, .. } => {
+                source.is_temporary()
+                    || matches!(source.kind(), opendal::ErrorKind::Unexpected | opendal::ErrorKind::RateLimited)
+            }
             Error::Locked(_) => true,
             _ => false,
         }
