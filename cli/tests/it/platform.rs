@@ -772,3 +772,55 @@ fn a_copy_retries_through_an_object_store_outage_then_fails_clearly_and_works_ag
     platform.wait_succeeded(&tenant, &backup);
     platform.wait_succeeded(&tenant, &copy_of(&backup));
 }
+
+#[test]
+fn a_site_worker_takes_only_its_sites_jobs_and_at_most_its_limit_at_once() {
+    let work = tempfile::tempdir().unwrap();
+    let mut platform = Platform::new();
+    platform.spawn("central", &binary("arca-transport"), &["--worker-name", "central"]);
+    platform.spawn(
+        "branch",
+        &binary("arca-transport"),
+        &["--worker-name", "branch", "--site", "branch", "--parallel", "1"],
+    );
+    let tenant = platform.arca(&["tenant", "create", "acme"]);
+    let target = platform.arca(&[
+        "target",
+        "add",
+        "--tenant",
+        &tenant,
+        "primary",
+        &format!("fs://{}", work.path().join("repo").display()),
+    ]);
+    // Each pre-hook fails if another of these jobs is running: two at once would fail one.
+    let running = work.path().join("running");
+    let hook = format!("mkdir {} || exit 9; sleep 1", running.display());
+    let done = format!("rmdir {}", running.display());
+    let mut jobs = Vec::new();
+    for name in ["one", "two", "three"] {
+        let dir = work.path().join(name);
+        write(&dir.join("file"), name.as_bytes());
+        let source = platform.arca(&[
+            "source",
+            "add",
+            "--tenant",
+            &tenant,
+            name,
+            &dir.display().to_string(),
+            "--site",
+            "branch",
+            "--pre-hook",
+            &hook,
+            "--post-hook",
+            &done,
+        ]);
+        let policy = platform.arca(&[
+            "policy", "create", "--tenant", &tenant, name, "--source", &source, "--target", &target, "--every", "3600",
+        ]);
+        jobs.push(platform.arca(&["policy", "run", "--tenant", &tenant, &policy]));
+    }
+    for job in &jobs {
+        let done = platform.wait_succeeded(&tenant, job);
+        assert_eq!(done["worker"], "branch", "only the branch site's worker takes its jobs: {done}");
+    }
+}
