@@ -13,7 +13,7 @@ TEST_FLAGS ?= --workspace
 # Only for the local demo repository of `make run`; use your own for real data.
 ARCA_PASSWORD ?= arca-dev-password
 
-.PHONY: run build test lint fmt bench bench-data bench-control-plane openapi
+.PHONY: run build test lint fmt bench bench-data bench-control-plane bench-services openapi
 
 # The platform on one machine: `arca server` starts its own nats-server (JetStream, store in
 # ./var/nats, port 4250), the catalog on SQLite (./var/catalog.db) and the scheduler. A demo
@@ -56,8 +56,8 @@ lint:
 fmt:
 	cargo fmt --all
 
-# Both benchmarks; each prints a Markdown table (copy the figures to BENCHMARKS.md).
-bench: bench-data bench-control-plane
+# The benchmarks; each prints a Markdown table (copy the figures to BENCHMARKS.md).
+bench: bench-data bench-control-plane bench-services
 
 # The data path against restic (loadtests/bench.sh --help).
 bench-data:
@@ -68,6 +68,13 @@ bench-data:
 bench-control-plane:
 	infra/dev/ensure-tools.sh >/dev/null
 	cargo run --release -q -p arca-loadtests --bin bench-control-plane
+
+# The services against the engine CLI: first-backup throughput through `arca server`, schedule →
+# start latency of policies firing together, RSS idle and during a backup
+# (loadtests/bench-services.sh --help).
+bench-services:
+	infra/dev/ensure-tools.sh >/dev/null
+	bash loadtests/bench-services.sh
 
 openapi:
 	@echo "openapi: the API gateway does not exist yet, so there is no openapi/openapi.json to generate"
