@@ -106,16 +106,17 @@ fi
 unset ARCA_NATS_URL ARCA_CATALOG_DATABASE ARCA_SECRET_KEY_FILE ARCA_DATA_DIR ARCA_METRICS_ADDR
 
 # ------------------------------------------------------------------ dataset
-PRISTINE=$WORK/pristine-$SIZE
-if ! grep -q '^# files=' "$PRISTINE.info" 2>/dev/null; then
-  say "generating the $SIZE dataset in $PRISTINE (once; kept for later runs)"
-  rm -rf "$PRISTINE"
-  "$MD" gen "$PRISTINE" "$SIZE" 2>>"$LOG"
+PRISTINE=$WORK/pristine-$SIZE SRC_BYTES=0 SRC_FILES=0 MiB=1048576
+if part throughput; then # the schedule part makes its own small sources
+  if ! grep -q '^# files=' "$PRISTINE.info" 2>/dev/null; then
+    say "generating the $SIZE dataset in $PRISTINE (once; kept for later runs)"
+    rm -rf "$PRISTINE"
+    "$MD" gen "$PRISTINE" "$SIZE" 2>>"$LOG"
+  fi
+  SRC_BYTES=$(find "$PRISTINE" -type f -printf '%s\n' | awk '{ s += $1 } END { printf "%.0f", s }')
+  SRC_FILES=$(find "$PRISTINE" -type f | wc -l)
+  say "dataset $SIZE: $SRC_FILES files, $SRC_BYTES bytes"
 fi
-SRC_BYTES=$(find "$PRISTINE" -type f -printf '%s\n' | awk '{ s += $1 } END { printf "%.0f", s }')
-SRC_FILES=$(find "$PRISTINE" -type f | wc -l)
-MiB=1048576
-say "dataset $SIZE: $SRC_FILES files, $SRC_BYTES bytes"
 
 # ------------------------------------------------------------------ arca server
 free_port() { # a loopback port nobody listens on
