@@ -188,15 +188,19 @@ pub enum JobCommandArgs {
         #[arg(long)]
         target: TargetId,
     },
-    /// Restore a snapshot into a folder on the recovery instance's host; prints the job id
+    /// Restore a snapshot into a folder on the recovery instance's host, or into another
+    /// target; prints the job id
     Restore {
         #[command(flatten)]
         tenant: TenantArg,
         #[arg(long)]
         snapshot: SnapshotId,
         /// Folder (absolute) to restore into
+        #[arg(long, required_unless_present = "to_target", conflicts_with = "to_target")]
+        to: Option<String>,
+        /// Target to restore the whole snapshot into
         #[arg(long)]
-        to: String,
+        to_target: Option<TargetId>,
         /// Only paths matching this glob (repeatable)
         #[arg(long)]
         include: Vec<String>,
@@ -443,10 +447,14 @@ pub fn job(connection: Connection, command: JobCommandArgs, json: bool) -> Resul
                 let id = request(&store, tenant.tenant, command, JobKind::Verify, None).await?;
                 print_id(json, "job", id);
             }
-            JobCommandArgs::Restore { tenant, snapshot, to, include, site } => {
+            JobCommandArgs::Restore { tenant, snapshot, to, to_target, include, site } => {
                 let id = JobId::new();
                 let meta = Metadata::new_root();
-                let destination = RestoreDestination::Directory { path: to, site: site.clone() };
+                let destination = match (to, to_target) {
+                    (Some(path), _) => RestoreDestination::Directory { path, site: site.clone() },
+                    (None, Some(target)) => RestoreDestination::Target { target },
+                    (None, None) => bail!("give --to FOLDER or --to-target TARGET"),
+                };
                 let restore = RestoreCommand::Request { snapshot, paths: include, destination, job: id };
                 store.execute::<arca_domain::restore::Restore>(tenant.tenant, id, &restore, &meta).await?;
                 let command = JobCommand::Request {

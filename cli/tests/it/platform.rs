@@ -211,6 +211,29 @@ fn catalog_query(nats: &str, query: &str, request: serde_json::Value) -> serde_j
     })
 }
 
+/// The progress messages of `tenant`'s jobs, as they arrive.
+fn follow_progress(nats: &str, tenant: &str) -> std::sync::mpsc::Receiver<serde_json::Value> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let (nats, subject) = (nats.to_owned(), format!("arca.progress.{tenant}.>"));
+    let (ready, subscribed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        tokio::runtime::Runtime::new().unwrap().block_on(async move {
+            use futures::StreamExt;
+            let client = async_nats::connect(&nats).await.unwrap();
+            let mut messages = client.subscribe(subject).await.unwrap();
+            client.flush().await.unwrap();
+            ready.send(()).unwrap();
+            while let Some(message) = messages.next().await {
+                if sender.send(serde_json::from_slice(&message.payload).unwrap()).is_err() {
+                    return;
+                }
+            }
+        })
+    });
+    subscribed.recv().unwrap();
+    receiver
+}
+
 /// The succeeded backup jobs of `tenant`, from the catalog.
 fn succeeded_backups(nats: &str, tenant: &str) -> Vec<serde_json::Value> {
     let request = serde_json::json!({ "tenant": tenant, "kind": "backup", "status": "succeeded" });
@@ -232,7 +255,7 @@ fn a_scheduled_backup_runs_then_incremental_restore_forget_and_verify_work() {
         &source_dir,
         &repo,
         &["--pre-hook", &pre_hook, "--post-hook", &post_hook],
-        &["--every", "60", "--keep-last", "2"],
+        &["--every", "60", "--keep-last", "2", "--verify-every", "60"],
     );
 
     // The schedule fires within a minute (interval schedules fire on multiples of 60 s).
@@ -249,10 +272,26 @@ fn a_scheduled_backup_runs_then_incremental_restore_forget_and_verify_work() {
     assert_eq!(std::fs::read_to_string(&pre).unwrap().lines().count(), 1, "the pre-hook ran once");
     assert_eq!(std::fs::read_to_string(&post).unwrap().lines().count(), 1, "the post-hook ran once");
 
-    // A changed file: the next run reads only it.
+    // The verify schedule fired too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let request = serde_json::json!({ "tenant": tenant, "kind": "verify", "status": "succeeded" });
+    while catalog_query(&platform.nats.url, "jobs.list", request.clone())["items"].as_array().is_none_or(Vec::is_empty)
+    {
+        assert!(Instant::now() < deadline, "no scheduled verify succeeded:\n{}", platform.log("server"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A changed file: the next run reads only it; its progress is published live.
     write(&source_dir.join("a/two.txt"), b"hello again from acme, changed\n");
+    let progress = follow_progress(&platform.nats.url, &tenant);
     let job = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
     let second = platform.wait_succeeded(&tenant, &job);
+    let last = std::iter::from_fn(|| progress.recv_timeout(Duration::from_secs(10)).ok())
+        .find(|p| p["eta_seconds"] == 0)
+        .expect("the job's final progress was published");
+    assert_eq!(last["files_done"], 1, "{last}");
+    assert_eq!(last["bytes_done"], 31, "{last}");
+    assert_eq!(last["eta_seconds"], 0, "{last}");
     assert_eq!(second["bytes_read"], 31, "an incremental backup reads only the changed file: {second}");
     assert_eq!(second["files"], 3, "{second}");
     let snapshot = second["snapshot"].as_str().unwrap().to_owned();
@@ -487,6 +526,18 @@ fn a_policy_copies_each_backup_offsite_moving_only_new_chunks_and_the_copy_resto
     let job = platform.arca(&["job", "restore", "--tenant", &tenant, "--snapshot", &snapshot, "--to", &to]);
     platform.wait_succeeded(&tenant, &job);
     assert_same_tree(&source_dir, &restored.join(source_dir.strip_prefix("/").unwrap()));
+
+    // Restore the copy into yet another target, then from there into a folder.
+    let third = work.path().join("third");
+    let third = platform.arca(&["target", "add", "--tenant", &tenant, "third", &format!("fs://{}", third.display())]);
+    let job = platform.arca(&["job", "restore", "--tenant", &tenant, "--snapshot", &snapshot, "--to-target", &third]);
+    let into_target = platform.wait_succeeded(&tenant, &job);
+    let in_third = into_target["snapshot"].as_str().unwrap().to_owned();
+    let again = work.path().join("again");
+    let to = again.display().to_string();
+    let job = platform.arca(&["job", "restore", "--tenant", &tenant, "--snapshot", &in_third, "--to", &to]);
+    platform.wait_succeeded(&tenant, &job);
+    assert_same_tree(&source_dir, &again.join(source_dir.strip_prefix("/").unwrap()));
 }
 
 #[test]

@@ -11,12 +11,14 @@
 //!   publish live progress, record success or failure, request follow-up jobs, retry
 //!   temporary failures with backoff — around a [`runner::JobHandler`] that does the work.
 //! - [`hooks`]: pre- and post-hook commands.
+//! - [`copy`]: a committed snapshot into another target, recorded there.
 //! - [`ids`]: deterministic ids, so a retried step names the same snapshot or job.
 //! - [`usage`]: stored bytes per target and the tenant's total, for quotas.
 //!
 //! Repositories are used on blocking threads only: `arca_repo::Backend` owns a small Tokio
 //! runtime, which must not be dropped inside an async context.
 
+pub mod copy;
 pub mod hooks;
 pub mod ids;
 pub mod keys;

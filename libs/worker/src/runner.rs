@@ -284,6 +284,11 @@ async fn attempt<H: JobHandler>(
     let result = handler.run(ctx.clone()).await;
     reporter.abort();
     drop(keep_alive);
+    if result.is_ok() {
+        // The last word on progress, so a follower sees the job complete even when it ran
+        // for less than one reporting interval.
+        publish_reading(&ctx, started, true).await;
+    }
     running.decrement(1.0);
     metrics::histogram!(names::JOB_DURATION, "kind" => kind).record(started.elapsed().as_secs_f64());
     match &result {
@@ -400,6 +405,32 @@ pub async fn request_job(
     Ok(())
 }
 
+/// Publishes the handler's current progress (rate since `started`, ETA from the total);
+/// returns the reading, `None` when the handler reports none.
+async fn publish_reading(ctx: &JobContext, started: Instant, finished: bool) -> Option<ProgressReading> {
+    let reading = ctx.read_progress()?;
+    let seconds = started.elapsed().as_secs_f64().max(0.001);
+    let rate = reading.bytes_done as f64 / seconds;
+    let eta = match finished {
+        true => Some(0),
+        false => reading
+            .bytes_total
+            .filter(|_| rate > 0.0)
+            .map(|total| (total.saturating_sub(reading.bytes_done) as f64 / rate).ceil() as u64),
+    };
+    let progress = Progress {
+        bytes_done: reading.bytes_done,
+        bytes_total: reading.bytes_total,
+        files_done: reading.files_done,
+        bytes_per_second: rate,
+        eta_seconds: eta,
+    };
+    if let Err(e) = jobs::publish_progress(ctx.store.bus(), ctx.tenant, ctx.job_id, &progress).await {
+        tracing::debug!(job = %ctx.job_id, error = %e, "could not publish progress");
+    }
+    Some(reading)
+}
+
 /// Publishes live progress and checkpoints until aborted.
 async fn report(ctx: JobContext, every: Duration, checkpoint_every: Duration) {
     let started = Instant::now();
@@ -408,23 +439,7 @@ async fn report(ctx: JobContext, every: Duration, checkpoint_every: Duration) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let Some(reading) = ctx.read_progress() else { continue };
-        let seconds = started.elapsed().as_secs_f64().max(0.001);
-        let rate = reading.bytes_done as f64 / seconds;
-        let eta = reading
-            .bytes_total
-            .filter(|_| rate > 0.0)
-            .map(|total| (total.saturating_sub(reading.bytes_done) as f64 / rate).ceil() as u64);
-        let progress = Progress {
-            bytes_done: reading.bytes_done,
-            bytes_total: reading.bytes_total,
-            files_done: reading.files_done,
-            bytes_per_second: rate,
-            eta_seconds: eta,
-        };
-        if let Err(e) = jobs::publish_progress(ctx.store.bus(), ctx.tenant, ctx.job_id, &progress).await {
-            tracing::debug!(job = %ctx.job_id, error = %e, "could not publish progress");
-        }
+        let Some(reading) = publish_reading(&ctx, started, false).await else { continue };
         if last_checkpoint.elapsed() >= checkpoint_every {
             last_checkpoint = Instant::now();
             let checkpoint = JobCommand::Checkpoint {

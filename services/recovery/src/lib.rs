@@ -17,6 +17,7 @@ use arca_domain::restore::{Restore, RestoreCommand};
 use arca_domain::snapshot::Snapshot;
 use arca_events::{JobKind, RestoreDestination};
 use arca_repo::restore::{RestoreOptions, RestoreProgress, restore, verify_restore};
+use arca_worker::copy::copy_snapshot;
 use arca_worker::keys::ServerKey;
 use arca_worker::runner::{ProgressReading, run_worker};
 use arca_worker::{JobContext, JobError, JobHandler, JobOutcome, Targets, WorkerSettings};
@@ -73,10 +74,20 @@ pub struct RestoreHandler {
 
 impl RestoreHandler {
     async fn restore(&self, ctx: &JobContext, request: &Restore) -> Result<JobOutcome, JobError> {
-        let Some(RestoreDestination::Directory { path, .. }) = &request.destination else {
-            return Err(JobError::Permanent(
-                "restoring into another target is done with a copy job; a restore job writes to a folder".into(),
-            ));
+        let path = match &request.destination {
+            Some(RestoreDestination::Directory { path, .. }) => path,
+            // Into another repository: a copy, every blob authenticated and checked against
+            // its id on the way.
+            Some(RestoreDestination::Target { target }) => {
+                if !request.paths.is_empty() {
+                    return Err(JobError::Permanent(
+                        "a restore into a target takes the whole snapshot; choose paths when restoring to a folder"
+                            .into(),
+                    ));
+                }
+                return copy_snapshot(&self.targets, ctx, request.snapshot, *target).await;
+            }
+            None => return Err(JobError::Permanent(format!("no restore was requested for job {}", ctx.job_id))),
         };
         let (snapshot, _) = ctx.store.load_state::<Snapshot>(ctx.tenant, request.snapshot.as_uuid()).await?;
         let Some(commit) = snapshot.commit.filter(|_| !snapshot.forgotten) else {
