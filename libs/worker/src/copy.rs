@@ -13,7 +13,7 @@ use arca_repo::copy::{CopyOptions, CopyProgress, copy_snapshots};
 
 use crate::ids::snapshot_id;
 use crate::runner::ProgressReading;
-use crate::usage::{self, repository_bytes};
+use crate::usage;
 use crate::{JobContext, JobError, JobOutcome, Targets};
 
 /// Copies `snapshot` into `destination` for the job in `ctx`; the outcome names the copy.
@@ -42,12 +42,10 @@ pub async fn copy_snapshot(
         files_done: reading.blobs_done.load(Ordering::Relaxed),
     });
     let repo_snapshot = commit.repo_snapshot.clone();
-    let (report, stored) = tokio::task::spawn_blocking(move || {
+    let report = tokio::task::spawn_blocking(move || {
         let source = from.open()?;
         let destination = to.open()?;
-        let report =
-            copy_snapshots(&source, &destination, &[repo_snapshot], &CopyOptions { progress: Some(progress) })?;
-        Ok::<_, arca_repo::Error>((report, repository_bytes(&destination)?))
+        copy_snapshots(&source, &destination, &[repo_snapshot], &CopyOptions { progress: Some(progress) })
     })
     .await
     .map_err(|e| JobError::Temporary(format!("the copy thread stopped: {e}")))??;
@@ -72,7 +70,7 @@ pub async fn copy_snapshot(
         Ok(_) | Err(arca_bus::ExecuteError::Domain(DomainError::AlreadyExists { .. })) => {}
         Err(e) => return Err(e.into()),
     }
-    usage::record(store, ctx.tenant, destination, stored, &ctx.meta).await?;
+    usage::add(store, ctx.tenant, destination, report.bytes_stored, &ctx.meta).await?;
     tracing::info!(job = %ctx.job_id, blobs = report.blobs_copied, skipped = report.blobs_skipped, "copied");
     Ok(JobOutcome {
         snapshot: Some(copy_id),

@@ -4,6 +4,9 @@
 //! bucket under `<tenant>.<target>`, written by whichever worker last changed that
 //! repository; the tenant's usage is the sum over its keys. Workers on several machines
 //! therefore report one consistent figure, and quota checks see what is really stored.
+//! Backups and copies add what they uploaded ([`add`], a compare-and-set on the key, so
+//! concurrent writers do not lose each other's bytes); prune measures the repository and
+//! sets the exact figure ([`record`]).
 
 use arca_bus::{BusError, EventStore, ExecuteError};
 use arca_domain::tenant::{Tenant, TenantCommand};
@@ -32,6 +35,44 @@ async fn bucket(store: &EventStore) -> Result<kv::Store, BusError> {
         .map_err(|e| BusError::unavailable("open the usage bucket", e))
 }
 
+/// Adds `bytes` (just uploaded) to `target`'s figure and reports the tenant's new total.
+pub async fn add(
+    store: &EventStore,
+    tenant: TenantId,
+    target: TargetId,
+    bytes: u64,
+    meta: &Metadata,
+) -> Result<u64, ExecuteError> {
+    let usage = bucket(store).await?;
+    let key = format!("{tenant}.{target}");
+    let mut conflicts = 0;
+    loop {
+        let entry = usage.entry(&key).await.map_err(|e| BusError::unavailable("read a target's usage", e))?;
+        let (current, revision) = match &entry {
+            Some(entry) if entry.operation == kv::Operation::Put => (
+                std::str::from_utf8(&entry.value).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0),
+                Some(entry.revision),
+            ),
+            Some(entry) => (0, Some(entry.revision)),
+            None => (0, None),
+        };
+        let value = (current + bytes).to_string().into_bytes().into();
+        let written = match revision {
+            Some(revision) => usage.update(&key, value, revision).await.map(|_| ()).map_err(|e| e.to_string()),
+            None => usage.create(&key, value).await.map(|_| ()).map_err(|e| e.to_string()),
+        };
+        match written {
+            Ok(()) => break,
+            Err(e) if conflicts < 20 => {
+                conflicts += 1;
+                tracing::debug!(%key, error = %e, "usage changed meanwhile; adding again");
+            }
+            Err(e) => return Err(BusError::unavailable("add to a target's usage", e).into()),
+        }
+    }
+    report_total(store, &usage, tenant, meta).await
+}
+
 /// Records `bytes` for `target` and reports the tenant's new total; returns the total.
 pub async fn record(
     store: &EventStore,
@@ -45,6 +86,16 @@ pub async fn record(
         .put(format!("{tenant}.{target}"), bytes.to_string().into_bytes().into())
         .await
         .map_err(|e| BusError::unavailable("record a target's usage", e))?;
+    report_total(store, &usage, tenant, meta).await
+}
+
+/// Sums the tenant's targets and reports the total as `TenantUsageReported`.
+async fn report_total(
+    store: &EventStore,
+    usage: &kv::Store,
+    tenant: TenantId,
+    meta: &Metadata,
+) -> Result<u64, ExecuteError> {
     // The newest value of each of the tenant's keys, then the watch ends (`delta` 0).
     let mut entries =
         usage.watch_with_history(format!("{tenant}.*")).await.map_err(|e| BusError::unavailable("read usage", e))?;

@@ -32,6 +32,9 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+/// Firings requested at once.
+const FIRING_CONCURRENCY: usize = 32;
+
 /// How late a firing may be and still count as on time.
 pub const LATE_AFTER: Duration = Duration::from_secs(30);
 
@@ -163,9 +166,14 @@ impl Scheduler {
             .map_err(|e| BusError::unavailable("follow policies", e))?;
         let mut policies = consumer.messages().await.map_err(|e| BusError::unavailable("follow policies", e))?;
         let mut plans: HashMap<(TenantId, PolicyId), Plan> = HashMap::new();
-        let mut ticker = tokio::time::interval(self.config.tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Wake at the earliest due firing (at most `tick` from now): no polling delay.
+            let now = Utc::now();
+            let earliest = plans.values().flat_map(|plan| [plan.next_due, plan.verify_next_due]).flatten().min();
+            let wait = earliest
+                .map(|due| due.signed_duration_since(now).to_std().unwrap_or_default())
+                .unwrap_or(self.config.tick)
+                .min(self.config.tick);
             tokio::select! {
                 message = policies.next() => {
                     let Some(message) = message else {
@@ -174,15 +182,18 @@ impl Scheduler {
                     let message = message.map_err(|e| BusError::unavailable("follow policies", e))?;
                     apply_policy_event(&mut plans, &message.payload);
                 }
-                _ = ticker.tick() => {
-                    self.fire_due(&mut plans).await?;
+                () = tokio::time::sleep(wait) => {
+                    self.fire_due(&mut plans).await;
                 }
             }
         }
     }
 
-    async fn fire_due(&self, plans: &mut HashMap<(TenantId, PolicyId), Plan>) -> Result<(), SchedulerError> {
+    /// Fires every due policy (and verify schedule), many at once: a minute boundary where
+    /// hundreds of policies are due must not make the last one wait for all the others.
+    async fn fire_due(&self, plans: &mut HashMap<(TenantId, PolicyId), Plan>) {
         let now = Utc::now();
+        let mut firings = Vec::new();
         for ((tenant, policy_id), plan) in plans.iter_mut() {
             let (Some(due), Some(compiled)) = (plan.next_due, plan.compiled.as_ref()) else { continue };
             if due > now {
@@ -199,8 +210,7 @@ impl Scheduler {
                 tracing::warn!(policy = %policy_id, due = %due, "skipping a late firing (misfire: skip)");
                 continue;
             }
-            let outcome = fire(&self.store, *tenant, *policy_id, &plan.policy, last_missed).await?;
-            tracing::info!(policy = %policy_id, at = %last_missed, ?outcome, "policy fired");
+            firings.push((JobKind::Backup, *tenant, *policy_id, plan.policy.clone(), last_missed));
         }
         for ((tenant, policy_id), plan) in plans.iter_mut() {
             let (Some(due), Some(compiled)) = (plan.verify_next_due, plan.verify_compiled.as_ref()) else { continue };
@@ -213,10 +223,31 @@ impl Scheduler {
                 last_missed = next;
             }
             plan.verify_next_due = compiled.next_after(last_missed);
-            let outcome = fire_verify(&self.store, *tenant, *policy_id, &plan.policy, last_missed).await?;
-            tracing::info!(policy = %policy_id, at = %last_missed, ?outcome, "verify schedule fired");
+            firings.push((JobKind::Verify, *tenant, *policy_id, plan.policy.clone(), last_missed));
         }
-        Ok(())
+        futures::stream::iter(firings)
+            .for_each_concurrent(FIRING_CONCURRENCY, |(kind, tenant, policy_id, policy, at)| async move {
+                // A firing whose request cannot be made now is tried a few times, then logged:
+                // the scheduler itself keeps running.
+                for attempt in 1..=3 {
+                    let outcome = match kind {
+                        JobKind::Verify => fire_verify(&self.store, tenant, policy_id, &policy, at).await,
+                        _ => fire(&self.store, tenant, policy_id, &policy, at).await,
+                    };
+                    match outcome {
+                        Ok(outcome) => {
+                            tracing::info!(policy = %policy_id, %at, kind = kind.as_str(), ?outcome, "policy fired");
+                            return;
+                        }
+                        Err(e) if attempt < 3 => {
+                            tracing::warn!(policy = %policy_id, %at, error = %e, "firing failed; trying again");
+                            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                        }
+                        Err(e) => tracing::error!(policy = %policy_id, %at, error = %e, "firing lost"),
+                    }
+                }
+            })
+            .await;
     }
 }
 

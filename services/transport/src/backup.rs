@@ -16,7 +16,7 @@ use arca_repo::{BackupOptions, BackupSource};
 use arca_worker::hooks::run_hook;
 use arca_worker::ids::snapshot_id;
 use arca_worker::runner::ProgressReading;
-use arca_worker::usage::{self, repository_bytes};
+use arca_worker::usage;
 use arca_worker::{FollowUp, JobContext, JobError, JobHandler, JobOutcome, Targets};
 
 /// Runs backup jobs.
@@ -118,8 +118,7 @@ impl JobHandler for BackupHandler {
             let spec = spec.clone();
             tokio::task::spawn_blocking(move || {
                 let repo = spec.open()?;
-                let outcome = arca_repo::backup(&repo, what, &options)?;
-                Ok::<_, arca_repo::Error>((outcome, repository_bytes(&repo)?))
+                arca_repo::backup(&repo, what, &options)
             })
             .await
             .map_err(|e| JobError::Temporary(format!("the backup thread stopped: {e}")))?
@@ -132,7 +131,7 @@ impl JobHandler for BackupHandler {
                 tracing::warn!(job = %ctx.job_id, error = %e, "post-hook failed");
             }
         }
-        let (outcome, stored) = result?;
+        let outcome = result?;
 
         let summary = &outcome.snapshot.summary;
         let snapshot = snapshot_id(target_id, &outcome.snapshot_id);
@@ -155,7 +154,7 @@ impl JobHandler for BackupHandler {
             Ok(_) | Err(arca_bus::ExecuteError::Domain(DomainError::AlreadyExists { .. })) => {}
             Err(e) => return Err(e.into()),
         }
-        usage::record(store, ctx.tenant, target_id, stored, &ctx.meta).await?;
+        usage::add(store, ctx.tenant, target_id, summary.bytes_stored, &ctx.meta).await?;
         Ok(JobOutcome {
             snapshot: Some(snapshot),
             bytes_read: summary.bytes_read,
