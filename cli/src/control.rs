@@ -171,6 +171,23 @@ pub struct PolicyCreateArgs {
 }
 
 #[derive(Subcommand)]
+pub enum SnapshotCommandArgs {
+    /// Lock a snapshot: every forget and prune keeps it until then (a lock can be extended,
+    /// never shortened)
+    Lock {
+        #[command(flatten)]
+        tenant: TenantArg,
+        snapshot: SnapshotId,
+        /// Keep it this many days from now
+        #[arg(long, conflicts_with = "until")]
+        days: Option<u32>,
+        /// Keep it until this time (RFC 3339)
+        #[arg(long)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum JobCommandArgs {
     /// Show a job (JSON); with --wait, wait until it has ended
     Show {
@@ -390,6 +407,28 @@ async fn request(
     let ticket = JobTicket { tenant, job: id, kind, site, trace: meta.trace };
     jobs::enqueue(store.bus(), &ticket, &id.to_string()).await?;
     Ok(id)
+}
+
+pub fn snapshot(connection: Connection, command: SnapshotCommandArgs, json: bool) -> Result<u8> {
+    let SnapshotCommandArgs::Lock { tenant, snapshot, days, until } = command;
+    let until = match (days, until) {
+        (Some(days), _) => chrono::Utc::now() + chrono::TimeDelta::days(i64::from(days)),
+        (None, Some(until)) => until,
+        (None, None) => bail!("give --days N or --until TIME"),
+    };
+    runtime()?.block_on(async {
+        let store = connect(&connection).await?;
+        let command = arca_domain::snapshot::SnapshotCommand::Lock { until };
+        store
+            .execute::<arca_domain::snapshot::Snapshot>(tenant.tenant, snapshot, &command, &Metadata::new_root())
+            .await?;
+        if json {
+            println!("{}", serde_json::json!({ "snapshot": snapshot.to_string(), "locked_until": until }));
+        } else {
+            println!("snapshot {snapshot} is locked until {until}");
+        }
+        Ok(0)
+    })
 }
 
 fn job_json(id: JobId, job: &Job) -> serde_json::Value {

@@ -168,6 +168,13 @@ enum Command {
         #[command(subcommand)]
         command: control::PolicyCommandArgs,
     },
+    /// A tenant's snapshots: lock them against forget and prune
+    Snapshot {
+        #[command(flatten)]
+        connection: control::Connection,
+        #[command(subcommand)]
+        command: control::SnapshotCommandArgs,
+    },
     /// Jobs: show and wait for them, verify and restore
     Job {
         #[command(flatten)]
@@ -399,6 +406,7 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Target { connection, command } => control::target(connection, command, g.json),
         Command::Source { connection, command } => control::source(connection, command, g.json),
         Command::Policy { connection, command } => control::policy(connection, command, g.json),
+        Command::Snapshot { connection, command } => control::snapshot(connection, command, g.json),
         Command::Job { connection, command } => control::job(connection, command, g.json),
         Command::Catalog { command: CatalogCommand::Rebuild { nats, database } } => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

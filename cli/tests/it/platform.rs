@@ -875,3 +875,40 @@ fn a_site_worker_takes_only_its_sites_jobs_and_at_most_its_limit_at_once() {
         assert_eq!(done["worker"], "branch", "only the branch site's worker takes its jobs: {done}");
     }
 }
+
+#[test]
+fn a_locked_snapshot_survives_retention_and_prune() {
+    let work = tempfile::tempdir().unwrap();
+    let (source_dir, repo) = (work.path().join("src"), work.path().join("repo"));
+    make_source(&source_dir);
+    let platform = Platform::new().all_in_one();
+    let [tenant, target, _, policy] =
+        define(&platform, &source_dir, &repo, &[], &["--every", "3600", "--keep-last", "1"]);
+    let target: TargetId = target.parse().unwrap();
+    let job = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
+    let first = platform.wait_succeeded(&tenant, &job);
+    let locked = first["snapshot"].as_str().unwrap().to_owned();
+    platform.arca(&["snapshot", "lock", "--tenant", &tenant, &locked, "--days", "30"]);
+    let original = std::fs::read(source_dir.join("a/one.bin")).unwrap();
+    write(&source_dir.join("a/one.bin"), &noise(3 << 20, 99));
+
+    let job = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
+    platform.wait_succeeded(&tenant, &job);
+    let forget = arca_worker::ids::follow_up_job_id(job.parse().unwrap(), JobKind::Forget, Some(target));
+    let forget = platform.wait_succeeded(&tenant, &forget.to_string());
+    assert_eq!(forget["files"], 0, "keep-last 1 forgets nothing but the locked snapshot, which it keeps: {forget}");
+    let prune = arca_worker::ids::follow_up_job_id(
+        forget["id"].as_str().unwrap().parse().unwrap(),
+        JobKind::Prune,
+        Some(target),
+    );
+    platform.wait_succeeded(&tenant, &prune.to_string());
+    assert_eq!(std::fs::read_dir(repo.join("snapshots")).unwrap().count(), 2);
+
+    let restored = work.path().join("restored");
+    let to = restored.display().to_string();
+    let job = platform.arca(&["job", "restore", "--tenant", &tenant, "--snapshot", &locked, "--to", &to]);
+    platform.wait_succeeded(&tenant, &job);
+    let back = std::fs::read(restored.join(source_dir.strip_prefix("/").unwrap()).join("a/one.bin")).unwrap();
+    assert!(back == original, "the locked snapshot's data survived the prune");
+}
