@@ -912,3 +912,71 @@ fn a_locked_snapshot_survives_retention_and_prune() {
     let back = std::fs::read(restored.join(source_dir.strip_prefix("/").unwrap()).join("a/one.bin")).unwrap();
     assert!(back == original, "the locked snapshot's data survived the prune");
 }
+
+#[test]
+fn prune_waits_for_a_backup_writing_to_its_target() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    let platform = Platform::new().all_in_one_with(&[
+        "--retry-backoff-seconds",
+        "1",
+        "--ack-wait-seconds",
+        "2",
+        "--parallel",
+        "4",
+    ]);
+    let tenant = platform.arca(&["tenant", "create", "acme"]);
+    let target = platform.arca(&["target", "add", "--tenant", &tenant, "primary", &format!("fs://{}", repo.display())]);
+    let started = work.path().join("slow-started");
+    let slow_hook = format!("touch {}; sleep 4", started.display());
+    let mut policies = Vec::new();
+    for (name, hook, keep) in [("slow", Some(slow_hook.as_str()), "10"), ("pruned", None, "1")] {
+        let dir = work.path().join(name);
+        make_source(&dir);
+        let path = dir.display().to_string();
+        let mut args = vec!["source", "add", "--tenant", &tenant, name, &path];
+        if let Some(hook) = hook {
+            args.extend(["--pre-hook", hook]);
+        }
+        let source = platform.arca(&args);
+        policies.push(platform.arca(&[
+            "policy",
+            "create",
+            "--tenant",
+            &tenant,
+            name,
+            "--source",
+            &source,
+            "--target",
+            &target,
+            "--every",
+            "3600",
+            "--keep-last",
+            keep,
+        ]));
+    }
+    let job = platform.arca(&["policy", "run", "--tenant", &tenant, &policies[1]]);
+    platform.wait_succeeded(&tenant, &job);
+
+    let slow = platform.arca(&["policy", "run", "--tenant", &tenant, &policies[0]]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "the slow backup never started:\n{}", platform.log("server"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let job = platform.arca(&["policy", "run", "--tenant", &tenant, &policies[1]]);
+    platform.wait_succeeded(&tenant, &job);
+    let target: TargetId = target.parse().unwrap();
+    let forget = arca_worker::ids::follow_up_job_id(job.parse().unwrap(), JobKind::Forget, Some(target));
+    let forget = platform.wait_succeeded(&tenant, &forget.to_string());
+    assert_eq!(forget["files"], 1, "{forget}");
+    let prune = arca_worker::ids::follow_up_job_id(
+        forget["id"].as_str().unwrap().parse().unwrap(),
+        JobKind::Prune,
+        Some(target),
+    );
+    let prune = platform.wait_succeeded(&tenant, &prune.to_string());
+    let slow = platform.wait_succeeded(&tenant, &slow);
+    assert!(prune["attempt"].as_u64().unwrap() >= 2, "the prune waited for the running backup: {prune}");
+    assert_eq!(slow["attempt"], 1, "{slow}");
+}

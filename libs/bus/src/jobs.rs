@@ -102,6 +102,16 @@ impl WorkerConfig {
         let index = (attempt as usize).saturating_sub(1).min(self.backoff.len().saturating_sub(1));
         self.backoff.get(index).copied().unwrap_or(self.ack_wait)
     }
+
+    /// The server's deadline for delivery `attempt` (the consumer's backoff list): a delivery
+    /// left unacknowledged that long is delivered again. The first is never below the ack wait,
+    /// so a worker has time to send its first progress ack.
+    fn server_backoff(&self, attempt: u32) -> Duration {
+        match attempt {
+            0 | 1 => self.delay_before(1).max(self.ack_wait),
+            n => self.delay_before(n),
+        }
+    }
 }
 
 /// A worker's handle on the queue for one kind (and site) of job.
@@ -122,10 +132,7 @@ impl JobConsumer {
             .map_err(|e| BusError::unavailable("open the JOBS stream", e))?;
         let name = config.consumer_name();
         // The server's own backoff covers deliveries that were never acked (a dead worker).
-        let mut backoff: Vec<Duration> = (1..config.max_deliver).map(|attempt| config.delay_before(attempt)).collect();
-        if let Some(first) = backoff.first_mut() {
-            *first = (*first).max(config.ack_wait);
-        }
+        let backoff: Vec<Duration> = (1..config.max_deliver).map(|attempt| config.server_backoff(attempt)).collect();
         let consumer_config = pull::Config {
             durable_name: Some(name.clone()),
             filter_subject: job_subject(config.kind, config.site.as_deref()),
@@ -254,14 +261,13 @@ impl JobDelivery {
 
     /// The attempt failed with a temporary error: try again later, or after the last try,
     /// dead-letter it (a `JobFailed` with `dead_lettered` on the job).
+    ///
+    /// "Later" is the consumer's backoff for this delivery: the message is left unacknowledged
+    /// and the server redelivers it when that runs out. (A NAK with a delay is not used: the
+    /// server honoured it only on the first redelivery here and redelivered at once after.)
     pub async fn fail(self, error: &str) -> Result<Retry, ExecuteError> {
         if !self.is_last_attempt() {
-            let delay = self.config.delay_before(self.attempt);
-            self.message
-                .ack_with(AckKind::Nak(Some(delay)))
-                .await
-                .map_err(|e| BusError::unavailable("nak a job", e))?;
-            return Ok(Retry::Later(delay));
+            return Ok(Retry::Later(self.config.server_backoff(self.attempt)));
         }
         dead_letter(&self.store, &self.ticket, self.attempt, error).await?;
         self.message.ack_with(AckKind::Term).await.map_err(|e| BusError::unavailable("terminate a job", e))?;

@@ -69,6 +69,8 @@ pub struct Page<T> {
 pub struct JobFilter {
     pub status: Option<JobStatus>,
     pub kind: Option<JobKind>,
+    /// Jobs on this target (a backup's, a copy's destination, a prune's, …).
+    pub target: Option<TargetId>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +197,9 @@ pub async fn list_jobs(
     }
     if let Some(kind) = filter.kind {
         select = select.filter(jobs::Column::Kind.eq(kind.as_str()));
+    }
+    if let Some(target) = filter.target {
+        select = select.filter(jobs::Column::TargetId.eq(target.as_uuid()));
     }
     list_by_id(db, select, jobs::Column::Id, Order::Desc, page, |row| row.id).await
 }

@@ -126,6 +126,30 @@ impl JobHandler for ForgetHandler {
     }
 }
 
+/// Prune waits while the control plane knows of a backup or copy writing to `target`: the
+/// catalog's running jobs on that target. The attempt fails as temporary and the queue tries
+/// again after its backoff; the repository lease stays the last guard.
+async fn wait_for_writers(ctx: &JobContext, target: TargetId) -> Result<(), JobError> {
+    let request = serde_json::json!({ "tenant": ctx.tenant, "status": "running", "target": target, "limit": 100 });
+    let page: serde_json::Value = ctx
+        .store
+        .bus()
+        .request("arca.q.catalog.jobs.list", &request, ctx.meta.trace.as_ref(), std::time::Duration::from_secs(5))
+        .await
+        .map_err(|e| JobError::Temporary(format!("ask the catalog for running jobs: {e}")))?;
+    let writers: Vec<String> = page["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|job| matches!(job["kind"].as_str(), Some("backup" | "copy")))
+        .filter_map(|job| job["id"].as_str().map(str::to_owned))
+        .collect();
+    if writers.is_empty() {
+        return Ok(());
+    }
+    Err(JobError::Temporary(format!("prune waits: job(s) {} write to this target", writers.join(", "))))
+}
+
 /// Removes data no snapshot uses.
 pub struct PruneHandler {
     targets: Targets,
@@ -144,9 +168,10 @@ impl JobHandler for PruneHandler {
 
     async fn run(&self, ctx: JobContext) -> Result<JobOutcome, JobError> {
         let target = target_of(&ctx)?;
+        wait_for_writers(&ctx, target).await?;
         let spec = self.targets.describe(ctx.tenant, target).await?;
-        // A backup holding the shared lease makes this a temporary `Locked` error: the queue
-        // tries again after its backoff.
+        // A backup that started since holds the shared lease: that makes this a temporary
+        // `Locked` error, and the queue tries again after its backoff.
         let (report, stored) = with_repository(spec, |repo| {
             let report = prune(repo, &PruneOptions::default())?;
             Ok((report, repository_bytes(repo)?))

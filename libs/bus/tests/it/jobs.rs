@@ -82,7 +82,8 @@ async fn a_failing_job_is_retried_with_backoff_then_dead_lettered() {
     let consumer = JobConsumer::open(h.store.clone(), fast(JobKind::Verify)).await.unwrap();
     let first = consumer.next(Duration::from_secs(2)).await.unwrap().unwrap();
     assert!(!first.is_last_attempt());
-    assert_eq!(first.fail("disk on fire").await.unwrap(), Retry::Later(Duration::from_millis(200)));
+    // The first redelivery waits at least the ack wait (the server's deadline for that delivery).
+    assert_eq!(first.fail("disk on fire").await.unwrap(), Retry::Later(Duration::from_secs(1)));
     let second = consumer.next(Duration::from_secs(3)).await.unwrap().expect("redelivered");
     assert_eq!(second.attempt, 2);
     assert!(second.is_last_attempt());
