@@ -111,7 +111,7 @@ pub fn run(args: ServerArgs) -> Result<u8> {
             result = transport.run_until_stopped(std::future::pending()) => result.context("the transport stopped")?,
             result = storage.run_until_stopped(std::future::pending()) => result.context("the storage service stopped")?,
             result = recovery.run_until_stopped(std::future::pending()) => result.context("the recovery service stopped")?,
-            () = shutdown_signal() => eprintln!("arca server: stopping"),
+            () = arca_telemetry::shutdown_signal() => eprintln!("arca server: stopping"),
         }
         anyhow::Ok(())
     });
@@ -166,13 +166,4 @@ fn nats_server_program() -> Result<PathBuf> {
         .map(|dir| dir.join("nats-server"))
         .find(|p| p.is_file());
     pinned.or(on_path).context("no nats-server found: run infra/dev/ensure-tools.sh, or set ARCA_NATS_SERVER")
-}
-
-async fn shutdown_signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
 }

@@ -167,6 +167,19 @@ impl Planner<'_> {
     }
 }
 
+/// What restoring `snapshot` into `dest` with `options.include` creates (nothing is written).
+fn plan(repo: &Repository, index: &Index, snapshot: &Snapshot, dest: &Path, options: &RestoreOptions) -> Result<Plan> {
+    let mut planner = Planner {
+        loader: TreeLoader::new(repo, index),
+        dest,
+        globs: build_globs(&options.include)?,
+        hard_links: HashMap::new(),
+        out: Plan::default(),
+    };
+    planner.plan(&snapshot.tree, b"", false)?;
+    Ok(planner.out)
+}
+
 /// Where one blob must be written.
 type Targets = Vec<(usize, u64)>;
 /// A pack and the blobs to take from it.
@@ -180,16 +193,8 @@ pub fn restore(
     options: &RestoreOptions,
 ) -> Result<RestoreSummary> {
     let index = repo.load_index()?;
-    let mut planner = Planner {
-        loader: TreeLoader::new(repo, &index),
-        dest,
-        globs: build_globs(&options.include)?,
-        hard_links: HashMap::new(),
-        out: Plan::default(),
-    };
-    planner.plan(&snapshot.tree, b"", false)?;
-    let filtered = planner.globs.is_some();
-    let Plan { dirs, files, links, symlinks } = planner.out;
+    let filtered = !options.include.is_empty();
+    let Plan { dirs, files, links, symlinks } = plan(repo, &index, snapshot, dest, options)?;
     if filtered && files.is_empty() && dirs.is_empty() && symlinks.is_empty() {
         return Err(Error::NotFound(format!("nothing in the snapshot matches {:?}", options.include)));
     }
@@ -454,16 +459,7 @@ pub fn verify_restore(
     dest: &Path,
     options: &RestoreOptions,
 ) -> Result<RestoreVerification> {
-    let index = repo.load_index()?;
-    let mut planner = Planner {
-        loader: TreeLoader::new(repo, &index),
-        dest,
-        globs: build_globs(&options.include)?,
-        hard_links: HashMap::new(),
-        out: Plan::default(),
-    };
-    planner.plan(&snapshot.tree, b"", false)?;
-    let files = planner.out.files;
+    let files = plan(repo, &repo.load_index()?, snapshot, dest, options)?.files;
     let mut report = RestoreVerification::default();
     let mut buf = Vec::new();
     for file in &files {

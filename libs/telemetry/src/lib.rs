@@ -9,6 +9,7 @@
 //!   continue the trace a message carries, [`trace_of`] gives the context to put on the next
 //!   message. Without an OpenTelemetry layer, `trace_of` is `None` and callers keep the
 //!   context they were given, so ids still flow from event to event.
+//! - [`shutdown_signal`] is how every service process learns to stop.
 //! - [`serve_metrics`] exposes the process's Prometheus metrics (`metrics` crate macros) on
 //!   `http://ADDR/metrics`.
 
@@ -118,6 +119,17 @@ pub fn serve_metrics(addr: SocketAddr) -> Result<(), TelemetryError> {
         .with_http_listener(addr)
         .install()
         .map_err(|e| TelemetryError::Metrics { addr, reason: e.to_string() })
+}
+
+/// Completes when the process is asked to stop (SIGTERM or Ctrl-C): every service's
+/// `run_until_stopped` future.
+pub async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
 }
 
 /// Metric names, so every service spells them alike.

@@ -16,6 +16,11 @@ use futures::StreamExt;
 
 const BUCKET: &str = "arca-usage";
 
+/// A stored figure (decimal text); an unreadable one counts as zero.
+fn bytes_of(value: &[u8]) -> u64 {
+    std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 /// The bytes a repository occupies: its packs, as its index lists them (blocking).
 pub fn repository_bytes(repo: &arca_repo::Repository) -> Result<u64, arca_repo::Error> {
     Ok(repo.load_index()?.packs.iter().map(|pack| pack.size).sum())
@@ -49,10 +54,7 @@ pub async fn add(
     loop {
         let entry = usage.entry(&key).await.map_err(|e| BusError::unavailable("read a target's usage", e))?;
         let (current, revision) = match &entry {
-            Some(entry) if entry.operation == kv::Operation::Put => (
-                std::str::from_utf8(&entry.value).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0),
-                Some(entry.revision),
-            ),
+            Some(entry) if entry.operation == kv::Operation::Put => (bytes_of(&entry.value), Some(entry.revision)),
             Some(entry) => (0, Some(entry.revision)),
             None => (0, None),
         };
@@ -103,7 +105,7 @@ async fn report_total(
     while let Some(entry) = entries.next().await {
         let entry = entry.map_err(|e| BusError::unavailable("read usage", e))?;
         if entry.operation == kv::Operation::Put {
-            total += std::str::from_utf8(&entry.value).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            total += bytes_of(&entry.value);
         }
         if entry.delta == 0 {
             break;

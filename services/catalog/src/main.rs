@@ -57,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let catalog = Catalog::build(config).await.context("start the catalog")?;
             tracing::info!("catalog running");
-            catalog.run_until_stopped(shutdown_signal()).await.context("catalog stopped")?;
+            catalog.run_until_stopped(arca_telemetry::shutdown_signal()).await.context("catalog stopped")?;
         }
         Command::Rebuild => {
             let config = CatalogConfig { replicas: cli.stream_replicas, ..CatalogConfig::new(cli.nats, cli.database) };
@@ -67,13 +67,4 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
 }

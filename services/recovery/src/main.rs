@@ -39,15 +39,6 @@ async fn main() -> anyhow::Result<()> {
     config.worker.parallel = args.parallel;
     config.worker.site = args.site;
     let recovery = Recovery::build(config).await.context("start the recovery service")?;
-    recovery.run_until_stopped(shutdown_signal()).await?;
+    recovery.run_until_stopped(arca_telemetry::shutdown_signal()).await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
 }

@@ -28,15 +28,6 @@ async fn main() -> anyhow::Result<()> {
     let config = SchedulerConfig { replicas: cli.stream_replicas, ..SchedulerConfig::new(cli.nats) };
     let scheduler = Scheduler::build(config).await.context("start the scheduler")?;
     tracing::info!("scheduler running");
-    scheduler.run_until_stopped(shutdown_signal()).await.context("scheduler stopped")?;
+    scheduler.run_until_stopped(arca_telemetry::shutdown_signal()).await.context("scheduler stopped")?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
 }

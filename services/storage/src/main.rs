@@ -35,15 +35,6 @@ async fn main() -> anyhow::Result<()> {
     let mut config = StorageConfig::new(args.nats, ServerKey::load(&args.secret_key_file)?);
     config.worker.parallel = args.parallel;
     let storage = Storage::build(config).await.context("start the storage service")?;
-    storage.run_until_stopped(shutdown_signal()).await?;
+    storage.run_until_stopped(arca_telemetry::shutdown_signal()).await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
 }

@@ -50,15 +50,6 @@ async fn main() -> anyhow::Result<()> {
         config.worker.name = name;
     }
     let transport = Transport::build(config).await.context("start the transport")?;
-    transport.run_until_stopped(shutdown_signal()).await?;
+    transport.run_until_stopped(arca_telemetry::shutdown_signal()).await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
 }

@@ -177,13 +177,13 @@ async fn filters_select_the_rows_asked_for(backend: Backend) {
     let all = PageRequest::first(MAX_LIMIT);
 
     for status in arca_catalog::entities::jobs::JobStatus::ALL {
-        let filter = JobFilter { status: Some(status), kind: None };
+        let filter = JobFilter { status: Some(status), kind: None, target: None };
         let listed = list_jobs(&db, f.tenant, &filter, &all).await.unwrap().items;
         let expected = f.jobs.iter().filter(|(_, s, _)| *s == status.as_str()).count();
         assert_eq!(listed.len(), expected, "{status}");
         assert!(listed.iter().all(|j| j.status == status.as_str()));
     }
-    let forgets = JobFilter { status: Some("succeeded".parse().unwrap()), kind: Some(JobKind::Forget) };
+    let forgets = JobFilter { status: Some("succeeded".parse().unwrap()), kind: Some(JobKind::Forget), target: None };
     let listed = list_jobs(&db, f.tenant, &forgets, &all).await.unwrap().items;
     assert_eq!(listed.len(), f.jobs.iter().filter(|(_, _, k)| *k == JobKind::Forget).count());
     assert!(!listed.is_empty());
