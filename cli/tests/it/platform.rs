@@ -980,3 +980,42 @@ fn prune_waits_for_a_backup_writing_to_its_target() {
     assert!(prune["attempt"].as_u64().unwrap() >= 2, "the prune waited for the running backup: {prune}");
     assert_eq!(slow["attempt"], 1, "{slow}");
 }
+
+#[test]
+fn a_backup_killed_mid_upload_resumes_on_another_worker_reusing_the_indexed_packs() {
+    let work = tempfile::tempdir().unwrap();
+    let (source_dir, repo) = (work.path().join("src"), work.path().join("repo"));
+    const SIZE: usize = 480 << 20;
+    for part in 0..6 {
+        write(&source_dir.join(format!("part-{part}.bin")), &noise(SIZE / 6, 100 + part as u64));
+    }
+    let mut platform = Platform::new();
+    let worker = ["--worker-name", "transport-1", "--ack-wait-seconds", "3", "--progress-interval-ms", "50"];
+    platform.spawn("transport-1", &binary("arca-transport"), &worker);
+    let [tenant, _, _, policy] = define(&platform, &source_dir, &repo, &[], &["--every", "3600"]);
+    let progress = follow_progress(&platform.nats.url, &tenant);
+    let job = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
+    // Killed once the first index file (eight 16 MiB packs) must be written.
+    let killed_at = loop {
+        let reading = progress.recv_timeout(Duration::from_secs(60)).expect("the backup reports progress");
+        let done = reading["bytes_done"].as_u64().unwrap_or(0);
+        assert_ne!(reading["eta_seconds"], 0, "the backup finished before it could be killed: {reading}");
+        if done >= 240 << 20 {
+            break done;
+        }
+    };
+    platform.kill("transport-1");
+    platform.spawn(
+        "transport-2",
+        &binary("arca-transport"),
+        &["--worker-name", "transport-2", "--ack-wait-seconds", "3"],
+    );
+    let done = platform.wait_succeeded(&tenant, &job);
+    assert_eq!(done["worker"], "transport-2", "{done}");
+    let added = done["bytes_added"].as_u64().unwrap();
+    assert!(
+        added + (120 << 20) < SIZE as u64,
+        "the second attempt stored {added} of {SIZE} bytes: it reused what the first (killed at {killed_at}) indexed"
+    );
+    assert_eq!(std::fs::read_dir(repo.join("snapshots")).unwrap().count(), 1, "one snapshot, no partial one");
+}

@@ -32,6 +32,9 @@ struct Args {
     /// Seconds without a sign of life after which a job is redelivered
     #[arg(long, default_value_t = 30)]
     ack_wait_seconds: u64,
+    /// Milliseconds between live progress messages of a running job
+    #[arg(long, default_value_t = 1000)]
+    progress_interval_ms: u64,
 }
 
 #[tokio::main]
@@ -46,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
     config.worker.site = args.site;
     config.worker.parallel = args.parallel;
     config.worker.ack_wait = std::time::Duration::from_secs(args.ack_wait_seconds);
+    config.worker.progress_every = std::time::Duration::from_millis(args.progress_interval_ms.max(10));
     if let Some(name) = args.worker_name {
         config.worker.name = name;
     }
