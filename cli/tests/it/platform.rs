@@ -183,16 +183,57 @@ fn define(
     extra_policy: &[&str],
 ) -> [String; 4] {
     let tenant = platform.arca(&["tenant", "create", "acme"]);
+    let [target, source, policy] = define_in(platform, &tenant, source_dir, repo, extra_source, extra_policy);
+    [tenant, target, source, policy]
+}
+
+/// A fs target, a source and a policy in `tenant`; returns (target, source, policy).
+fn define_in(
+    platform: &Platform,
+    tenant: &str,
+    source_dir: &Path,
+    repo: &Path,
+    extra_source: &[&str],
+    extra_policy: &[&str],
+) -> [String; 3] {
     let target_url = format!("fs://{}", repo.display());
-    let target = platform.arca(&["target", "add", "--tenant", &tenant, "primary", &target_url]);
+    let target = platform.arca(&["target", "add", "--tenant", tenant, "primary", &target_url]);
     let source_path = source_dir.display().to_string();
-    let mut args = vec!["source", "add", "--tenant", &tenant, "docs", &source_path];
+    let mut args = vec!["source", "add", "--tenant", tenant, "docs", &source_path];
     args.extend_from_slice(extra_source);
     let source = platform.arca(&args);
-    let mut args = vec!["policy", "create", "--tenant", &tenant, "nightly", "--source", &source, "--target", &target];
+    let mut args = vec!["policy", "create", "--tenant", tenant, "nightly", "--source", &source, "--target", &target];
     args.extend_from_slice(extra_policy);
     let policy = platform.arca(&args);
-    [tenant, target, source, policy]
+    [target, source, policy]
+}
+
+/// Adds an S3 target (on `endpoint`, or the emulator's own) named `name`; returns its id.
+fn add_s3_target(
+    platform: &Platform,
+    tenant: &str,
+    bucket: &arca_testkit::TestTarget,
+    endpoint: Option<&str>,
+) -> String {
+    let env = bucket.env_map();
+    let endpoint = endpoint.unwrap_or(&env["AWS_ENDPOINT_URL"]);
+    let args = [
+        "target",
+        "add",
+        "--tenant",
+        tenant,
+        "offsite",
+        &bucket.url,
+        "--endpoint",
+        endpoint,
+        "--region",
+        "us-east-1",
+        "--access-key-id",
+        &env["AWS_ACCESS_KEY_ID"],
+    ];
+    let output = platform.arca_output_with(&args, &[("ARCA_TARGET_SECRET_ACCESS_KEY", &env["AWS_SECRET_ACCESS_KEY"])]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
 fn make_source(dir: &Path) {
@@ -241,7 +282,7 @@ fn succeeded_backups(nats: &str, tenant: &str) -> Vec<serde_json::Value> {
 }
 
 #[test]
-fn a_scheduled_backup_runs_then_incremental_restore_forget_and_verify_work() {
+fn a_scheduled_backup_is_copied_offsite_verified_incremental_and_restores_from_the_copy() {
     let work = tempfile::tempdir().unwrap();
     let (source_dir, repo) = (work.path().join("src"), work.path().join("repo"));
     make_source(&source_dir);
@@ -250,12 +291,16 @@ fn a_scheduled_backup_runs_then_incremental_restore_forget_and_verify_work() {
     let post = work.path().join("post-ran");
     let pre_hook = format!("date >> {}", pre.display());
     let post_hook = format!("date >> {}", post.display());
-    let [tenant, target, _source, policy] = define(
+    let offsite = arca_testkit::target(arca_testkit::Backend::S3);
+    let tenant = platform.arca(&["tenant", "create", "acme"]);
+    let offsite_id = add_s3_target(&platform, &tenant, &offsite, None);
+    let [target, _source, policy] = define_in(
         &platform,
+        &tenant,
         &source_dir,
         &repo,
         &["--pre-hook", &pre_hook, "--post-hook", &post_hook],
-        &["--every", "60", "--keep-last", "2", "--verify-every", "60"],
+        &["--every", "60", "--keep-last", "2", "--verify-every", "60", "--copy-to", &offsite_id],
     );
 
     // The schedule fires within a minute (interval schedules fire on multiples of 60 s).
@@ -317,9 +362,15 @@ fn a_scheduled_backup_runs_then_incremental_restore_forget_and_verify_work() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // The incremental backup's copy landed in S3; restoring from the copy gives the source.
+    let offsite_target: TargetId = offsite_id.parse().unwrap();
+    let copy = arca_worker::ids::follow_up_job_id(job.parse().unwrap(), JobKind::Copy, Some(offsite_target));
+    let copy = platform.wait_succeeded(&tenant, &copy.to_string());
+    let copied_snapshot = copy["snapshot"].as_str().unwrap().to_owned();
     let restored = work.path().join("restored");
     let restore_to = restored.display().to_string();
-    let job = platform.arca(&["job", "restore", "--tenant", &tenant, "--snapshot", &snapshot, "--to", &restore_to]);
+    let job =
+        platform.arca(&["job", "restore", "--tenant", &tenant, "--snapshot", &copied_snapshot, "--to", &restore_to]);
     let restore = platform.wait_succeeded(&tenant, &job);
     assert_eq!(restore["files"], 3, "{restore}");
     assert_same_tree(&source_dir, &restored.join(source_dir.strip_prefix("/").unwrap()));
@@ -459,27 +510,8 @@ fn a_policy_copies_each_backup_offsite_moving_only_new_chunks_and_the_copy_resto
     make_source(&source_dir);
     let platform = Platform::new().all_in_one();
     let offsite = arca_testkit::target(arca_testkit::Backend::S3);
-    let env = offsite.env_map();
     let tenant = platform.arca(&["tenant", "create", "acme"]);
-    let output = platform.arca_output_with(
-        &[
-            "target",
-            "add",
-            "--tenant",
-            &tenant,
-            "offsite",
-            &offsite.url,
-            "--endpoint",
-            &env["AWS_ENDPOINT_URL"],
-            "--region",
-            "us-east-1",
-            "--access-key-id",
-            &env["AWS_ACCESS_KEY_ID"],
-        ],
-        &[("ARCA_TARGET_SECRET_ACCESS_KEY", &env["AWS_SECRET_ACCESS_KEY"])],
-    );
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let offsite_id = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let offsite_id = add_s3_target(&platform, &tenant, &offsite, None);
     let primary =
         platform.arca(&["target", "add", "--tenant", &tenant, "primary", &format!("fs://{}", repo.display())]);
     let source = platform.arca(&["source", "add", "--tenant", &tenant, "docs", &source_dir.display().to_string()]);
@@ -746,26 +778,7 @@ fn a_copy_retries_through_an_object_store_outage_then_fails_clearly_and_works_ag
         .unwrap();
     platform.processes.push(("server".into(), Process(child)));
     let tenant = platform.arca(&["tenant", "create", "acme"]);
-    let endpoint = outage.endpoint();
-    let output = platform.arca_output_with(
-        &[
-            "target",
-            "add",
-            "--tenant",
-            &tenant,
-            "offsite",
-            &offsite.url,
-            "--endpoint",
-            &endpoint,
-            "--region",
-            "us-east-1",
-            "--access-key-id",
-            &env["AWS_ACCESS_KEY_ID"],
-        ],
-        &[("ARCA_TARGET_SECRET_ACCESS_KEY", &env["AWS_SECRET_ACCESS_KEY"])],
-    );
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let offsite_id: TargetId = String::from_utf8(output.stdout).unwrap().trim().parse().unwrap();
+    let offsite_id: TargetId = add_s3_target(&platform, &tenant, &offsite, Some(&outage.endpoint())).parse().unwrap();
     let primary =
         platform.arca(&["target", "add", "--tenant", &tenant, "primary", &format!("fs://{}", repo.display())]);
     let source = platform.arca(&["source", "add", "--tenant", &tenant, "docs", &source_dir.display().to_string()]);
