@@ -931,6 +931,8 @@ fn prune_waits_for_a_backup_writing_to_its_target() {
     let work = tempfile::tempdir().unwrap();
     let repo = work.path().join("repo");
     let platform = Platform::new().all_in_one_with(&[
+        "--max-attempts",
+        "20",
         "--retry-backoff-seconds",
         "1",
         "--ack-wait-seconds",
