@@ -624,24 +624,35 @@ fn a_malformed_job_message_is_dead_lettered_and_work_goes_on() {
     let [tenant, _, _, policy] = define(&platform, &source_dir, &repo, &[], &["--every", "3600"]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let bus = runtime.block_on(Bus::connect(BusConfig::new(&platform.nats.url))).unwrap();
+    // Not a ticket at all, and a ticket for a job nobody requested.
+    let unknown = serde_json::json!({ "tenant": tenant, "job": JobId::new(), "kind": "backup" }).to_string();
     runtime.block_on(async {
-        let ack = bus.jetstream().publish("arca.job.backup", "{not a ticket".into()).await.unwrap();
-        ack.await.unwrap();
+        for payload in ["{not a ticket".to_owned(), unknown.clone()] {
+            bus.jetstream().publish("arca.job.backup", payload.into()).await.unwrap().await.unwrap();
+        }
     });
     let job = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
     platform.wait_succeeded(&tenant, &job);
     let dead = runtime.block_on(async {
         let mut stream = bus.jetstream().get_stream(arca_bus::DEAD_STREAM).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while stream.info().await.unwrap().state.messages == 0 {
-            assert!(Instant::now() < deadline, "nothing reached the dead-letter stream");
+        while stream.info().await.unwrap().state.messages < 2 {
+            assert!(Instant::now() < deadline, "not both reached the dead-letter stream");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        stream.get_last_raw_message_by_subject("arca.dead.arca.job.backup").await.unwrap()
+        let mut dead = Vec::new();
+        for sequence in 1..=2 {
+            dead.push(stream.get_raw_message(sequence).await.unwrap());
+        }
+        dead
     });
-    assert_eq!(&dead.payload[..], b"{not a ticket");
-    let reason = dead.headers.get("Arca-Dead-Reason").map(|v| v.as_str().to_owned()).unwrap_or_default();
-    assert!(reason.contains("not a job ticket"), "{reason}");
+    let reason = |m: &async_nats::jetstream::message::StreamMessage| {
+        m.headers.get("Arca-Dead-Reason").map(|v| v.as_str().to_owned()).unwrap_or_default()
+    };
+    let malformed = dead.iter().find(|m| &m.payload[..] == b"{not a ticket").expect("the malformed message is kept");
+    assert!(reason(malformed).contains("not a job ticket"), "{}", reason(malformed));
+    let orphan = dead.iter().find(|m| m.payload == unknown.as_bytes()).expect("the orphan ticket is kept");
+    assert!(reason(orphan).contains("never requested"), "{}", reason(orphan));
 }
 
 #[test]

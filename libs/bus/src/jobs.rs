@@ -185,22 +185,7 @@ impl JobConsumer {
                     // Not a ticket: it can never succeed. Keep it in the dead-letter stream
                     // with the reason, and take it off the queue so nothing else waits.
                     tracing::error!(subject = %message.subject, error = %e, "dead-lettering a malformed job message");
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert("Arca-Dead-Reason", format!("not a job ticket: {e}").as_str());
-                    let dead = PublishMessage::build().headers(headers).payload(message.payload.clone());
-                    let subject = format!("{DEAD_SUBJECT_PREFIX}.{}", message.subject);
-                    match self.store.bus().jetstream().send_publish(subject, dead).await {
-                        Ok(ack) => {
-                            if let Err(e) = ack.await {
-                                tracing::warn!(error = %e, "the dead-letter stream did not confirm a message");
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "could not dead-letter a malformed job message"),
-                    }
-                    message
-                        .ack_with(AckKind::Term)
-                        .await
-                        .map_err(|e| BusError::unavailable("drop a malformed ticket", e))?;
+                    discard(self.store.bus(), &message, &format!("not a job ticket: {e}")).await?;
                 }
             }
         }
@@ -254,6 +239,12 @@ impl JobDelivery {
         }))
     }
 
+    /// The ticket can never be worked (it names a job that was never requested): it goes to
+    /// the `DEAD` stream with `reason` and leaves the queue.
+    pub async fn discard(self, reason: &str) -> Result<(), BusError> {
+        discard(self.store.bus(), &self.message, reason).await
+    }
+
     /// The job is done: it leaves the queue.
     pub async fn complete(self) -> Result<(), BusError> {
         self.message.double_ack().await.map_err(|e| BusError::unavailable("ack a job", e))
@@ -273,6 +264,24 @@ impl JobDelivery {
         self.message.ack_with(AckKind::Term).await.map_err(|e| BusError::unavailable("terminate a job", e))?;
         Ok(Retry::DeadLettered)
     }
+}
+
+/// Moves `message` to the `DEAD` stream (`arca.dead.<its subject>`, the reason in the
+/// `Arca-Dead-Reason` header) and takes it off the queue.
+async fn discard(bus: &Bus, message: &jetstream::Message, reason: &str) -> Result<(), BusError> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Arca-Dead-Reason", reason);
+    let dead = PublishMessage::build().headers(headers).payload(message.payload.clone());
+    let subject = format!("{DEAD_SUBJECT_PREFIX}.{}", message.subject);
+    match bus.jetstream().send_publish(subject, dead).await {
+        Ok(ack) => {
+            if let Err(e) = ack.await {
+                tracing::warn!(error = %e, "the dead-letter stream did not confirm a message");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not dead-letter a job message"),
+    }
+    message.ack_with(AckKind::Term).await.map_err(|e| BusError::unavailable("drop a job message", e))
 }
 
 /// Stops the progress acks when dropped.

@@ -251,8 +251,11 @@ async fn attempt<H: JobHandler>(
     };
     match job.status {
         JobStatus::Missing => {
-            tracing::error!(job = %ticket.job, "dropping a ticket for a job that was never requested");
-            return finish(delivery).await;
+            tracing::error!(job = %ticket.job, "dead-lettering a ticket for a job that was never requested");
+            if let Err(e) = delivery.discard("the ticket names a job that was never requested").await {
+                tracing::warn!(job = %ticket.job, error = %e, "could not dead-letter a ticket");
+            }
+            return;
         }
         JobStatus::Succeeded => {
             if let Err(e) = request_follow_ups(handler, &ctx, &job).await {
