@@ -559,9 +559,24 @@ fn a_policy_copies_each_backup_offsite_moving_only_new_chunks_and_the_copy_resto
     platform.wait_succeeded(&tenant, &job);
     assert_same_tree(&source_dir, &restored.join(source_dir.strip_prefix("/").unwrap()));
 
-    // Restore the copy into yet another target, then from there into a folder.
-    let third = work.path().join("third");
-    let third = platform.arca(&["target", "add", "--tenant", &tenant, "third", &format!("fs://{}", third.display())]);
+    // Restore the copy into yet another target (Azure Blob), then from there into a folder.
+    let azure = arca_testkit::target(arca_testkit::Backend::Azure);
+    let env = azure.env_map();
+    let args = [
+        "target",
+        "add",
+        "--tenant",
+        &tenant,
+        "third",
+        &azure.url,
+        "--endpoint",
+        &env["AZURE_STORAGE_ENDPOINT"],
+        "--account-name",
+        &env["AZURE_STORAGE_ACCOUNT"],
+    ];
+    let output = platform.arca_output_with(&args, &[("ARCA_TARGET_ACCOUNT_KEY", &env["AZURE_STORAGE_KEY"])]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let third = String::from_utf8(output.stdout).unwrap().trim().to_owned();
     let job = platform.arca(&["job", "restore", "--tenant", &tenant, "--snapshot", &snapshot, "--to-target", &third]);
     let into_target = platform.wait_succeeded(&tenant, &job);
     let in_third = into_target["snapshot"].as_str().unwrap().to_owned();
