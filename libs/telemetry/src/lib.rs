@@ -79,7 +79,9 @@ pub fn init_with_provider(service: &'static str, provider: SdkTracerProvider, de
 }
 
 fn install(service: &'static str, provider: Option<SdkTracerProvider>, default_filter: &str) -> Telemetry {
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    // Colours only on a terminal: logs redirected to a file stay plain text.
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
     // A second init in one process (tests) keeps the first subscriber.
     let _ = tracing_subscriber::registry().with(filter(default_filter)).with(fmt).with(otel).try_init();
