@@ -1,0 +1,551 @@
+//! The `/v1` resources. Writes are domain commands through [`EventStore::execute`]; reads are
+//! catalog queries over NATS. The scope's middleware ([`crate::auth::authenticate`])
+//! authenticates, checks the role and scopes the tenant before a body is read; handlers take
+//! the outcome as [`Authorized`].
+//!
+//! [`EventStore::execute`]: arca_bus::EventStore::execute
+
+use std::collections::BTreeMap;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+use arca_bus::jobs::{self, JobTicket};
+use arca_domain::Lifecycle;
+use arca_domain::api_key::{ApiKey, ApiKeyCommand};
+use arca_domain::job::{Job, JobCommand};
+use arca_domain::policy::{Policy, PolicyCommand};
+use arca_domain::source::{Source, SourceCommand};
+use arca_domain::target::{Target, TargetCommand};
+use arca_domain::tenant::{Tenant, TenantCommand};
+use arca_events::{
+    ApiKeyId, BackupMode, JobId, JobKind, Metadata, Misfire, PolicyId, Retention, Role, Schedule, SourceId, SourceKind,
+    TargetId, TargetKind, TenantId, Trigger,
+};
+use arca_worker::targets::TargetCredentials;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::{Authorized, hash_key, new_key};
+use crate::problem::{ApiError, Problem};
+use crate::state::AppState;
+
+/// The routes of `/v1`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/v1")
+            .wrap(actix_web::middleware::from_fn(crate::auth::authenticate))
+            .route("/tenants", web::post().to(create_tenant))
+            .route("/tenants", web::get().to(list_tenants))
+            .route("/tenants/{tenant}/api-keys", web::post().to(create_api_key))
+            .route("/targets", web::post().to(create_target))
+            .route("/targets", web::get().to(list_targets))
+            .route("/sources", web::post().to(create_source))
+            .route("/sources", web::get().to(list_sources))
+            .route("/policies", web::post().to(create_policy))
+            .route("/policies", web::get().to(list_policies))
+            .route("/policies/{id}/run", web::post().to(run_policy))
+            .route("/jobs", web::get().to(list_jobs))
+            .route("/jobs/{id}", web::get().to(get_job))
+            .route("/snapshots", web::get().to(list_snapshots)),
+    );
+}
+
+type Data = web::Data<AppState>;
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// One page of a list; pass `next_cursor` as `cursor` for the next.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Page {
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<Value>,
+    pub next_cursor: Option<String>,
+}
+
+/// A page of a list. MSP admins name the tenant with `tenant`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Rows per page (1 to 500, default 50).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// The tenant (MSP admin keys only; a tenant key is always its own tenant).
+    pub tenant: Option<Uuid>,
+}
+
+/// Names the tenant for MSP admin keys.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TenantParams {
+    /// The tenant (MSP admin keys only).
+    pub tenant: Option<Uuid>,
+}
+
+/// The id of what was created.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Created {
+    pub id: Uuid,
+}
+
+async fn list(state: &AppState, name: &str, auth: Option<Authorized>, page: &ListParams) -> Result<HttpResponse> {
+    let mut query = json!({ "limit": page.limit, "cursor": page.cursor });
+    if let Some(auth) = auth {
+        query["tenant"] = json!(auth.tenant);
+    }
+    let page: Page = state.catalog(&format!("{name}.list"), query).await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+fn created(id: impl Into<Uuid>) -> HttpResponse {
+    HttpResponse::Created().json(Created { id: id.into() })
+}
+
+// ---- Tenants ----
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    pub name: String,
+    /// Stored bytes allowed across the tenant's repositories; none is unlimited.
+    pub quota_bytes: Option<u64>,
+}
+
+/// Create a tenant (MSP admins).
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = CreateTenant,
+    responses((status = 201, body = Created), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("api_key" = [])))]
+pub async fn create_tenant(_auth: Authorized, state: Data, body: web::Json<CreateTenant>) -> Result<HttpResponse> {
+    let CreateTenant { name, quota_bytes } = body.into_inner();
+    let id = TenantId::new();
+    state.store.execute::<Tenant>(id, id, &TenantCommand::Create { name, quota_bytes }, &Metadata::new_root()).await?;
+    Ok(created(id))
+}
+
+/// List tenants (MSP admins).
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", params(ListParams),
+    responses((status = 200, body = Page), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("api_key" = [])))]
+pub async fn list_tenants(_auth: Authorized, state: Data, page: web::Query<ListParams>) -> Result<HttpResponse> {
+    list(&state, "tenants", None, &page).await
+}
+
+// ---- API keys ----
+
+/// A tenant role (MSP admin keys are not created through the API).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantRole {
+    TenantAdmin,
+    Operator,
+    Viewer,
+}
+
+impl From<TenantRole> for Role {
+    fn from(role: TenantRole) -> Role {
+        match role {
+            TenantRole::TenantAdmin => Role::TenantAdmin,
+            TenantRole::Operator => Role::Operator,
+            TenantRole::Viewer => Role::Viewer,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    pub name: String,
+    pub role: TenantRole,
+    /// RFC 3339; none never expires.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A new key: `key` is shown this once and never again.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreatedApiKey {
+    pub id: Uuid,
+    pub key: String,
+    pub prefix: String,
+    pub role: TenantRole,
+}
+
+/// Create an API key for a tenant (tenant admins of that tenant, MSP admins).
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/api-keys", tag = "api-keys", request_body = CreateApiKey,
+    params(("tenant" = Uuid, Path, description = "The tenant")),
+    responses((status = 201, body = CreatedApiKey), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("api_key" = [])))]
+pub async fn create_api_key(
+    auth: Authorized,
+    state: Data,
+    _tenant: web::Path<Uuid>,
+    body: web::Json<CreateApiKey>,
+) -> Result<HttpResponse> {
+    let CreateApiKey { name, role, expires_at } = body.into_inner();
+    let (key, prefix) = new_key();
+    let command = ApiKeyCommand::Create {
+        tenant: auth.tenant,
+        name,
+        role: role.into(),
+        prefix: prefix.clone(),
+        hash: hash_key(&key),
+        expires_at,
+    };
+    let id = ApiKeyId::new();
+    state.store.execute::<ApiKey>(auth.tenant, id, &command, &Metadata::new_root()).await?;
+    Ok(HttpResponse::Created().json(CreatedApiKey { id: id.into(), key, prefix, role }))
+}
+
+// ---- Targets ----
+
+/// Object-store credentials: sealed with the server key, never returned.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub account_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTarget {
+    pub name: String,
+    /// `fs:///abs/path`, `s3://bucket/prefix` or `azblob://container/prefix`.
+    pub location: String,
+    /// Non-secret settings: `endpoint`, `region`, `account_name`.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+    /// Write-only.
+    pub credentials: Option<Credentials>,
+}
+
+/// Add a target (tenant admins); the storage service creates the tenant's repository there.
+#[utoipa::path(post, path = "/v1/targets", tag = "targets", request_body = CreateTarget, params(TenantParams),
+    responses((status = 201, body = Created), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("api_key" = [])))]
+pub async fn create_target(
+    auth: Authorized,
+    state: Data,
+    _tenant: web::Query<TenantParams>,
+    body: web::Json<CreateTarget>,
+) -> Result<HttpResponse> {
+    let CreateTarget { name, location, settings, credentials } = body.into_inner();
+    let kind = match location.split_once("://").map(|(scheme, _)| scheme) {
+        Some("fs") => TargetKind::Fs,
+        Some("s3") => TargetKind::S3,
+        Some("azblob") => TargetKind::Azblob,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!(
+                    "`{location}` is not a target location (fs:///path, s3://bucket/prefix, azblob://container/prefix)"
+                ),
+            )
+            .with_field("location"));
+        }
+    };
+    let credentials = credentials
+        .map(|c| TargetCredentials {
+            access_key_id: c.access_key_id,
+            secret_access_key: c.secret_access_key,
+            account_key: c.account_key,
+        })
+        .filter(|c| c.access_key_id.is_some() || c.secret_access_key.is_some() || c.account_key.is_some());
+    let sealed = match credentials {
+        None => None,
+        Some(credentials) => {
+            let secrets = state.secrets.as_ref().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_server_key",
+                    "this gateway has no server key to seal credentials with",
+                )
+            })?;
+            let bytes = serde_json::to_vec(&credentials).expect("credentials serialise");
+            Some(secrets.put(auth.tenant, &bytes).await?)
+        }
+    };
+    let id = TargetId::new();
+    let command = TargetCommand::Add { name, kind, location, settings, credentials: sealed };
+    state.store.execute::<Target>(auth.tenant, id, &command, &Metadata::new_root()).await?;
+    Ok(created(id))
+}
+
+/// List targets (credentials are never returned).
+#[utoipa::path(get, path = "/v1/targets", tag = "targets", params(ListParams),
+    responses((status = 200, body = Page), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("api_key" = [])))]
+pub async fn list_targets(auth: Authorized, state: Data, page: web::Query<ListParams>) -> Result<HttpResponse> {
+    list(&state, "targets", Some(auth), &page).await
+}
+
+// ---- Sources ----
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKindBody {
+    #[default]
+    Files,
+    Image,
+    Postgres,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSource {
+    pub name: String,
+    #[serde(default)]
+    pub kind: SourceKindBody,
+    /// The host the data is read on (default `localhost`).
+    pub host: Option<String>,
+    /// Paths (files), the image (image) or database names (postgres).
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub excludes: Vec<String>,
+    /// Only transport workers with this site label read it.
+    pub site: Option<String>,
+    pub pre_hook: Option<String>,
+    pub post_hook: Option<String>,
+}
+
+/// Add a source (tenant admins).
+#[utoipa::path(post, path = "/v1/sources", tag = "sources", request_body = CreateSource, params(TenantParams),
+    responses((status = 201, body = Created), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("api_key" = [])))]
+pub async fn create_source(
+    auth: Authorized,
+    state: Data,
+    _tenant: web::Query<TenantParams>,
+    body: web::Json<CreateSource>,
+) -> Result<HttpResponse> {
+    let CreateSource { name, kind, host, paths, excludes, site, pre_hook, post_hook } = body.into_inner();
+    let kind = match kind {
+        SourceKindBody::Files => SourceKind::Files,
+        SourceKindBody::Image => SourceKind::Image,
+        SourceKindBody::Postgres => SourceKind::Postgres,
+    };
+    let host = host.unwrap_or_else(|| "localhost".into());
+    let id = SourceId::new();
+    let command = SourceCommand::Add { name, kind, host, paths, excludes, site, pre_hook, post_hook };
+    state.store.execute::<Source>(auth.tenant, id, &command, &Metadata::new_root()).await?;
+    Ok(created(id))
+}
+
+/// List sources.
+#[utoipa::path(get, path = "/v1/sources", tag = "sources", params(ListParams),
+    responses((status = 200, body = Page), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("api_key" = [])))]
+pub async fn list_sources(auth: Authorized, state: Data, page: web::Query<ListParams>) -> Result<HttpResponse> {
+    list(&state, "sources", Some(auth), &page).await
+}
+
+// ---- Policies ----
+
+/// When a policy fires.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ScheduleBody {
+    /// A cron expression (5 or 6 fields) in an IANA time zone (default UTC).
+    Cron { expression: String, timezone: Option<String> },
+    /// Every `seconds` seconds (at least 60).
+    Interval { seconds: u64 },
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MisfireBody {
+    #[default]
+    Skip,
+    RunOnce,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModeBody {
+    #[default]
+    Incremental,
+    Full,
+    Differential,
+}
+
+/// Which snapshots to keep; no rule keeps everything.
+#[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionBody {
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePolicy {
+    pub name: String,
+    pub source: Uuid,
+    pub target: Uuid,
+    pub schedule: ScheduleBody,
+    #[serde(default)]
+    pub misfire: MisfireBody,
+    #[serde(default)]
+    pub mode: ModeBody,
+    #[serde(default)]
+    pub retention: RetentionBody,
+    /// Copy each backup to these targets too.
+    #[serde(default)]
+    pub copy_targets: Vec<Uuid>,
+    /// Verify the target every this many seconds.
+    pub verify_every_seconds: Option<u64>,
+}
+
+/// Create a policy (tenant admins): a source backed up to a target on a schedule.
+#[utoipa::path(post, path = "/v1/policies", tag = "policies", request_body = CreatePolicy, params(TenantParams),
+    responses((status = 201, body = Created), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("api_key" = [])))]
+pub async fn create_policy(
+    auth: Authorized,
+    state: Data,
+    _tenant: web::Query<TenantParams>,
+    body: web::Json<CreatePolicy>,
+) -> Result<HttpResponse> {
+    let body = body.into_inner();
+    // The source and targets must be this tenant's: their aggregates live under its subjects.
+    let (source, _) = state.store.load_state::<Source>(auth.tenant, body.source).await?;
+    if source.status != Lifecycle::Active {
+        return Err(unknown("source", body.source));
+    }
+    for target in std::iter::once(&body.target).chain(&body.copy_targets) {
+        let (state, _) = state.store.load_state::<Target>(auth.tenant, *target).await?;
+        if state.status != Lifecycle::Active {
+            return Err(unknown("target", *target));
+        }
+    }
+    let retention = body.retention;
+    let command = PolicyCommand::Create {
+        name: body.name,
+        source: body.source.into(),
+        target: body.target.into(),
+        schedule: match body.schedule {
+            ScheduleBody::Cron { expression, timezone } => {
+                Schedule::Cron { expression, timezone: timezone.unwrap_or_else(|| "UTC".into()) }
+            }
+            ScheduleBody::Interval { seconds } => Schedule::Interval { seconds },
+        },
+        misfire: match body.misfire {
+            MisfireBody::Skip => Misfire::Skip,
+            MisfireBody::RunOnce => Misfire::RunOnce,
+        },
+        mode: match body.mode {
+            ModeBody::Incremental => BackupMode::Incremental,
+            ModeBody::Full => BackupMode::Full,
+            ModeBody::Differential => BackupMode::Differential,
+        },
+        retention: Retention {
+            keep_last: retention.keep_last,
+            keep_hourly: retention.keep_hourly,
+            keep_daily: retention.keep_daily,
+            keep_weekly: retention.keep_weekly,
+            keep_monthly: retention.keep_monthly,
+            keep_yearly: retention.keep_yearly,
+        },
+        copy_targets: body.copy_targets.into_iter().map(TargetId::from).collect(),
+        verify_schedule: body.verify_every_seconds.map(|seconds| Schedule::Interval { seconds }),
+    };
+    let id = PolicyId::new();
+    state.store.execute::<Policy>(auth.tenant, id, &command, &Metadata::new_root()).await?;
+    Ok(created(id))
+}
+
+fn unknown(what: &'static str, id: Uuid) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", format!("{what} `{id}` does not exist")).with_field(what)
+}
+
+/// List policies.
+#[utoipa::path(get, path = "/v1/policies", tag = "policies", params(ListParams),
+    responses((status = 200, body = Page), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("api_key" = [])))]
+pub async fn list_policies(auth: Authorized, state: Data, page: web::Query<ListParams>) -> Result<HttpResponse> {
+    list(&state, "policies", Some(auth), &page).await
+}
+
+/// The job a request started.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StartedJob {
+    pub job: Uuid,
+}
+
+/// Run a policy's backup now (operators and up).
+#[utoipa::path(post, path = "/v1/policies/{id}/run", tag = "policies",
+    params(("id" = Uuid, Path, description = "The policy"), TenantParams),
+    responses((status = 202, body = StartedJob), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("api_key" = [])))]
+pub async fn run_policy(
+    auth: Authorized,
+    state: Data,
+    id: web::Path<Uuid>,
+    _tenant: web::Query<TenantParams>,
+) -> Result<HttpResponse> {
+    let policy_id = PolicyId::from(id.into_inner());
+    let (policy, _) = state.store.load_state::<Policy>(auth.tenant, policy_id.as_uuid()).await?;
+    if policy.schedule.is_none() {
+        return Err(ApiError::not_found());
+    }
+    let (source, _) = state.store.load_state::<Source>(auth.tenant, policy.source.as_uuid()).await?;
+    let command = JobCommand::Request {
+        kind: JobKind::Backup,
+        trigger: Trigger::Manual,
+        policy: Some(policy_id),
+        source: Some(policy.source),
+        target: Some(policy.target),
+        snapshot: None,
+        mode: Some(policy.mode),
+        site: source.site.clone(),
+    };
+    let job = JobId::new();
+    let meta = Metadata::new_root();
+    state.store.execute::<Job>(auth.tenant, job, &command, &meta).await?;
+    let ticket = JobTicket { tenant: auth.tenant, job, kind: JobKind::Backup, site: source.site, trace: meta.trace };
+    jobs::enqueue(&state.bus, &ticket, &job.to_string()).await?;
+    Ok(HttpResponse::Accepted().json(StartedJob { job: job.into() }))
+}
+
+// ---- Jobs and snapshots ----
+
+/// List jobs, newest first.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListParams),
+    responses((status = 200, body = Page), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("api_key" = [])))]
+pub async fn list_jobs(auth: Authorized, state: Data, page: web::Query<ListParams>) -> Result<HttpResponse> {
+    list(&state, "jobs", Some(auth), &page).await
+}
+
+/// One job.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = Uuid, Path, description = "The job"), TenantParams),
+    responses((status = 200, body = Object), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("api_key" = [])))]
+pub async fn get_job(
+    auth: Authorized,
+    state: Data,
+    id: web::Path<Uuid>,
+    _tenant: web::Query<TenantParams>,
+) -> Result<HttpResponse> {
+    let job: Value = state.catalog("jobs.get", json!({ "tenant": auth.tenant, "id": id.into_inner() })).await?;
+    Ok(HttpResponse::Ok().json(job))
+}
+
+/// List snapshots, newest first (forgotten ones left out).
+#[utoipa::path(get, path = "/v1/snapshots", tag = "snapshots", params(ListParams),
+    responses((status = 200, body = Page), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("api_key" = [])))]
+pub async fn list_snapshots(auth: Authorized, state: Data, page: web::Query<ListParams>) -> Result<HttpResponse> {
+    list(&state, "snapshots", Some(auth), &page).await
+}
