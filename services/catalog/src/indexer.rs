@@ -28,15 +28,24 @@ enum Indexed {
     Later(String),
 }
 
-/// Indexes snapshots until the subscription ends.
+/// Indexes snapshots; a subscription that ends is opened again (the durable consumer resumes).
 pub async fn run(bus: Bus, db: DatabaseConnection, targets: Targets, name: String) -> Result<(), CatalogError> {
+    loop {
+        if let Err(e) = follow(&bus, &db, &targets, &name).await {
+            tracing::warn!(error = %e, "file index: following snapshot events failed; subscribing again");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn follow(bus: &Bus, db: &DatabaseConnection, targets: &Targets, name: &str) -> Result<(), CatalogError> {
     let stream = bus
         .jetstream()
         .get_stream(EVENTS_STREAM)
         .await
         .map_err(|e| BusError::unavailable("open the EVENTS stream", e))?;
     let config = pull::Config {
-        durable_name: Some(name.clone()),
+        durable_name: Some(name.to_owned()),
         filter_subject: format!("{}.*.snapshot.*", arca_events::EVENT_SUBJECT_PREFIX),
         ack_policy: AckPolicy::Explicit,
         deliver_policy: DeliverPolicy::All,
@@ -45,7 +54,7 @@ pub async fn run(bus: Bus, db: DatabaseConnection, targets: Targets, name: Strin
         ..Default::default()
     };
     let consumer = stream
-        .get_or_create_consumer(&name, config)
+        .get_or_create_consumer(name, config)
         .await
         .map_err(|e| BusError::unavailable(format!("open consumer {name}"), e))?;
     let mut messages = consumer.messages().await.map_err(|e| BusError::unavailable("follow snapshot events", e))?;
@@ -57,7 +66,7 @@ pub async fn run(bus: Bus, db: DatabaseConnection, targets: Targets, name: Strin
                 continue;
             }
         };
-        let ack = match index_one(&db, &targets, &message.payload).await {
+        let ack = match index_one(db, targets, &message.payload).await {
             Indexed::Done => AckKind::Ack,
             Indexed::Later(why) => {
                 tracing::debug!(%why, "file index: trying the snapshot again later");

@@ -150,6 +150,17 @@ impl Scheduler {
     }
 
     async fn run(self) -> Result<(), SchedulerError> {
+        // A subscription that ends or fails (NATS restarted, a missed heartbeat under load) is
+        // opened again and every policy re-read from the start: the scheduler never stops.
+        loop {
+            if let Err(e) = self.follow_and_fire().await {
+                tracing::warn!(error = %e, "following policies failed; subscribing again");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn follow_and_fire(&self) -> Result<(), SchedulerError> {
         let bus = self.store.bus().clone();
         let stream = bus
             .jetstream()

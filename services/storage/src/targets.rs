@@ -17,6 +17,16 @@ const CONSUMER: &str = "storage-targets";
 /// with growing pauses; one whose repository cannot be opened with the tenant's key (a
 /// foreign repository) is reported and skipped.
 pub async fn create_repositories(targets: Targets) -> Result<(), BusError> {
+    // The durable consumer resumes where it was: a subscription that ends is simply opened again.
+    loop {
+        if let Err(e) = follow_targets(&targets).await {
+            tracing::warn!(error = %e, "following target events failed; subscribing again");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn follow_targets(targets: &Targets) -> Result<(), BusError> {
     let stream = targets
         .store()
         .bus()
@@ -51,7 +61,7 @@ pub async fn create_repositories(targets: Targets) -> Result<(), BusError> {
             None => AckKind::Ack,
             Some(envelope) => {
                 let target = TargetId(envelope.aggregate_id);
-                match create_one(&targets, envelope.tenant, target).await {
+                match create_one(targets, envelope.tenant, target).await {
                     Ok(()) => AckKind::Ack,
                     Err(e) if e.is_temporary() => {
                         tracing::warn!(%target, error = %e, "could not create the repository yet; will retry");
