@@ -136,6 +136,22 @@ impl Bus {
         &self.config
     }
 
+    /// Opens (or creates) key-value bucket `name`: one value per key, on file storage, with the
+    /// configured replicas — the shape every Arca bucket uses (secrets, usage, claims, cursors).
+    pub async fn key_value(&self, name: &str) -> Result<jetstream::kv::Store, BusError> {
+        let config = jetstream::kv::Config {
+            bucket: name.into(),
+            history: 1,
+            num_replicas: self.config.replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        self.jetstream
+            .create_or_update_key_value(config)
+            .await
+            .map_err(|e| BusError::unavailable(format!("open the key-value bucket {name}"), e))
+    }
+
     /// The event store over this connection.
     pub async fn event_store(&self) -> Result<EventStore, BusError> {
         EventStore::open(self.clone()).await

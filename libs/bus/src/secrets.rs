@@ -24,18 +24,7 @@ pub struct SecretStore {
 impl SecretStore {
     /// Opens (or creates) the bucket; `key` is the server's 32-byte secret key.
     pub async fn open(bus: &Bus, key: &[u8; 32]) -> Result<SecretStore, BusError> {
-        let config = kv::Config {
-            bucket: BUCKET.into(),
-            history: 1,
-            num_replicas: bus.config().replicas,
-            storage: async_nats::jetstream::stream::StorageType::File,
-            ..Default::default()
-        };
-        let kv = bus
-            .jetstream()
-            .create_or_update_key_value(config)
-            .await
-            .map_err(|e| BusError::unavailable("open the secret store", e))?;
+        let kv = bus.key_value(BUCKET).await?;
         let key = UnboundKey::new(&AES_256_GCM, key).expect("a 32-byte key is a valid AES-256 key");
         Ok(SecretStore { kv, key: std::sync::Arc::new(LessSafeKey::new(key)) })
     }

@@ -27,17 +27,7 @@ pub fn repository_bytes(repo: &arca_repo::Repository) -> Result<u64, arca_repo::
 }
 
 async fn bucket(store: &EventStore) -> Result<kv::Store, BusError> {
-    let bus = store.bus();
-    bus.jetstream()
-        .create_or_update_key_value(kv::Config {
-            bucket: BUCKET.into(),
-            history: 1,
-            num_replicas: bus.config().replicas,
-            storage: async_nats::jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| BusError::unavailable("open the usage bucket", e))
+    store.bus().key_value(BUCKET).await
 }
 
 /// Adds `bytes` (just uploaded) to `target`'s figure and reports the tenant's new total.

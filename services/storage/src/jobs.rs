@@ -201,15 +201,9 @@ impl VerifyHandler {
 
 /// How many verifies a target has had: which part of its packs comes next.
 async fn verify_cursor(ctx: &JobContext) -> Result<async_nats::jetstream::kv::Store, JobError> {
-    let bus = ctx.store.bus();
-    bus.jetstream()
-        .create_or_update_key_value(async_nats::jetstream::kv::Config {
-            bucket: "arca-verify".into(),
-            history: 1,
-            num_replicas: bus.config().replicas,
-            storage: async_nats::jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
+    ctx.store
+        .bus()
+        .key_value("arca-verify")
         .await
         .map_err(|e| JobError::Temporary(format!("open the verify cursors: {e}")))
 }
