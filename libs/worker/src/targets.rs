@@ -100,6 +100,11 @@ impl TargetSpec {
     }
 }
 
+/// The bucket where a repository's creation is claimed, then recorded with its id.
+const CLAIMS: &str = "arca-repositories";
+/// A claim's value while its creator is at work.
+const CREATING: &[u8] = b"creating";
+
 /// How long a service waits for another one to finish creating a repository.
 const CREATION_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -135,30 +140,28 @@ impl Targets {
     /// Makes sure the tenant's repository exists at `spec`, creating it when the target holds
     /// none. Creation is claimed in the `arca-repositories` key-value bucket (an atomic
     /// create), so exactly one service instance creates it while the others wait for it.
+    ///
+    /// A repository recorded as created there is not opened again: the caller opens it anyway,
+    /// so every backup would otherwise pay for two opens (key files, KDF, config).
     pub async fn ensure_repository(&self, spec: &TargetSpec) -> Result<(), TargetError> {
-        match blocking(spec, |spec| spec.open().map(|_| ())).await {
-            Err(TargetError::Repository(arca_repo::Error::NotARepository(_))) => {}
-            other => return other,
-        }
-        let bus = self.store.bus();
-        let claims = bus
-            .jetstream()
-            .create_or_update_key_value(async_nats::jetstream::kv::Config {
-                bucket: "arca-repositories".into(),
-                history: 1,
-                num_replicas: bus.config().replicas,
-                storage: async_nats::jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| {
-                TargetError::Control(ExecuteError::Bus(arca_bus::BusError::unavailable(
-                    "open the repository claims",
-                    e,
-                )))
-            })?;
+        let claims =
+            self.store.bus().key_value(CLAIMS).await.map_err(|e| TargetError::Control(ExecuteError::Bus(e)))?;
         let key = format!("{}.{}", spec.tenant, spec.target);
-        let claimed = claims.create(&key, Vec::from(&b"creating"[..]).into()).await.is_ok();
+        if let Ok(Some(claim)) = claims.get(&key).await
+            && &claim[..] != CREATING
+        {
+            return Ok(());
+        }
+        match blocking(spec, |spec| spec.open().map(|repo| repo.config().id.clone())).await {
+            Err(TargetError::Repository(arca_repo::Error::NotARepository(_))) => {}
+            Ok(id) => {
+                // Made before claims existed (or by the standalone CLI): record it.
+                let _ = claims.create(&key, id.into_bytes().into()).await;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        let claimed = claims.create(&key, Vec::from(CREATING).into()).await.is_ok();
         if claimed {
             let created = blocking(spec, |spec| spec.init().map(|repo| repo.config().id.clone())).await;
             match created {
