@@ -74,20 +74,18 @@ pub enum Fired {
 
 /// The id of the job for `policy`'s firing at `at`: the same in every replica.
 pub fn firing_job_id(policy: PolicyId, at: DateTime<Utc>) -> JobId {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(b"arca-firing\0");
-    hasher.update(policy.as_uuid().as_bytes());
-    hasher.update(&at.timestamp_millis().to_be_bytes());
-    let digest = hasher.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest.as_bytes()[..16]);
-    JobId(uuid::Uuid::new_v8(bytes))
+    derived_firing_id(b"arca-firing\0", policy, at)
 }
 
 /// The id of the verify job for `policy`'s verify schedule firing at `at`.
 pub fn verify_firing_job_id(policy: PolicyId, at: DateTime<Utc>) -> JobId {
+    derived_firing_id(b"arca-verify-firing\0", policy, at)
+}
+
+/// BLAKE3 of a domain tag, the policy and the time, as a UUIDv8.
+fn derived_firing_id(domain: &[u8], policy: PolicyId, at: DateTime<Utc>) -> JobId {
     let mut hasher = blake3::Hasher::new();
-    hasher.update(b"arca-verify-firing\0");
+    hasher.update(domain);
     hasher.update(policy.as_uuid().as_bytes());
     hasher.update(&at.timestamp_millis().to_be_bytes());
     let digest = hasher.finalize();
@@ -315,21 +313,10 @@ pub async fn fire(
         site: source.site.clone(),
     };
     let span = tracing::info_span!("fire", policy = %policy_id, %job, at = %at);
-    let meta = firing_metadata(&span);
-    let fired = match store.execute::<Job>(tenant, job, &command, &meta).instrument(span.clone()).await {
-        Ok(committed) if committed.events.is_empty() => Fired::AlreadyRequested(job),
-        Ok(_) => Fired::Requested(job),
-        Err(ExecuteError::Domain(DomainError::IllegalTransition { .. })) => Fired::AlreadyRequested(job),
-        Err(ExecuteError::Domain(e)) => {
-            tracing::warn!(policy = %policy_id, error = %e, "the firing was refused");
-            return Ok(Fired::Refused(job));
-        }
-        Err(e) => return Err(e.into()),
-    };
     // Also when another replica requested it: it may have died before enqueueing.
-    let ticket = JobTicket { tenant, job, kind: JobKind::Backup, site: source.site, trace: meta.trace };
-    jobs::enqueue(store.bus(), &ticket, &format!("{policy_id}:{}", at.to_rfc3339())).await?;
-    Ok(fired)
+    let message_id = format!("{policy_id}:{}", at.to_rfc3339());
+    let ticket = JobTicket { tenant, job, kind: JobKind::Backup, site: source.site, trace: None };
+    request_firing(store, ticket, &command, span, &message_id).await
 }
 
 /// Requests the verify job for `policy`'s verify firing at `at` (its target, structure and a
@@ -353,19 +340,35 @@ pub async fn fire_verify(
         site: None,
     };
     let span = tracing::info_span!("fire_verify", policy = %policy_id, %job, at = %at);
+    let message_id = format!("{policy_id}:verify:{}", at.to_rfc3339());
+    let ticket = JobTicket { tenant, job, kind: JobKind::Verify, site: None, trace: None };
+    request_firing(store, ticket, &command, span, &message_id).await
+}
+
+/// Requests the ticket's job with `command` in a trace that starts at `span`, then puts the
+/// ticket on the queue under `message_id` — also when the job existed already (a replica that
+/// requested it may have died before enqueueing). A firing the domain refuses is logged.
+async fn request_firing(
+    store: &EventStore,
+    mut ticket: JobTicket,
+    command: &JobCommand,
+    span: tracing::Span,
+    message_id: &str,
+) -> Result<Fired, SchedulerError> {
+    let (tenant, job) = (ticket.tenant, ticket.job);
     let meta = firing_metadata(&span);
-    let fired = match store.execute::<Job>(tenant, job, &command, &meta).instrument(span).await {
+    let fired = match store.execute::<Job>(tenant, job, command, &meta).instrument(span).await {
         Ok(committed) if committed.events.is_empty() => Fired::AlreadyRequested(job),
         Ok(_) => Fired::Requested(job),
         Err(ExecuteError::Domain(DomainError::IllegalTransition { .. })) => Fired::AlreadyRequested(job),
         Err(ExecuteError::Domain(e)) => {
-            tracing::warn!(policy = %policy_id, error = %e, "the verify firing was refused");
+            tracing::warn!(%job, kind = ticket.kind.as_str(), error = %e, "the firing was refused");
             return Ok(Fired::Refused(job));
         }
         Err(e) => return Err(e.into()),
     };
-    let ticket = JobTicket { tenant, job, kind: JobKind::Verify, site: None, trace: meta.trace };
-    jobs::enqueue(store.bus(), &ticket, &format!("{policy_id}:verify:{}", at.to_rfc3339())).await?;
+    ticket.trace = meta.trace;
+    jobs::enqueue(store.bus(), &ticket, message_id).await?;
     Ok(fired)
 }
 
