@@ -59,12 +59,34 @@ pub fn access_rule(method: &Method, pattern: &str) -> AccessRule {
     let tenant = |min_role| AccessRule { min_role, scope: Scope::Tenant };
     match (method.as_str(), pattern) {
         (_, "/v1/tenants") => AccessRule { min_role: Role::MspAdmin, scope: Scope::Msp },
-        ("POST", "/v1/tenants/{tenant}/api-keys") => tenant(Role::TenantAdmin),
-        ("POST", "/v1/policies/{id}/run") => tenant(Role::Operator),
-        ("POST", "/v1/targets" | "/v1/sources" | "/v1/policies") => tenant(Role::TenantAdmin),
-        ("GET", "/v1/targets" | "/v1/sources" | "/v1/policies" | "/v1/jobs" | "/v1/jobs/{id}" | "/v1/snapshots") => {
-            tenant(Role::Viewer)
+        ("GET", "/v1/tenants/{tenant}") => tenant(Role::Viewer),
+        (_, "/v1/tenants/{tenant}/api-keys" | "/v1/tenants/{tenant}/api-keys/{id}") => tenant(Role::TenantAdmin),
+        ("POST", "/v1/policies/{id}/run" | "/v1/jobs/{id}/cancel" | "/v1/restores" | "/v1/snapshots/{id}/lock") => {
+            tenant(Role::Operator)
         }
+        ("POST", "/v1/targets" | "/v1/sources" | "/v1/policies" | "/v1/snapshots/{id}/forget") => {
+            tenant(Role::TenantAdmin)
+        }
+        (
+            "GET",
+            "/v1/targets"
+            | "/v1/targets/{id}"
+            | "/v1/sources"
+            | "/v1/sources/{id}"
+            | "/v1/policies"
+            | "/v1/policies/{id}"
+            | "/v1/jobs"
+            | "/v1/jobs/{id}"
+            | "/v1/jobs/{id}/events"
+            | "/v1/snapshots"
+            | "/v1/snapshots/{id}"
+            | "/v1/snapshots/{id}/tree"
+            | "/v1/restores"
+            | "/v1/restores/{id}"
+            | "/v1/files"
+            | "/v1/usage"
+            | "/v1/audit",
+        ) => tenant(Role::Viewer),
         _ => AccessRule { min_role: Role::MspAdmin, scope: Scope::Msp },
     }
 }

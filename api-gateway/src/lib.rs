@@ -7,6 +7,8 @@
 //! - Authentication, roles and tenant scoping live in one place ([`auth`]): the
 //!   [`auth::authenticate`] middleware around `/v1`, whose outcome every handler takes as
 //!   [`auth::Authorized`].
+//! - Every request runs in an `http_request` span that continues the caller's W3C trace and
+//!   is counted and timed by route ([`observe`]); the commands it appends carry that trace.
 //! - Every error is an RFC 9457 problem document with a machine code ([`problem`]); unknown
 //!   JSON fields are refused and bodies are limited to [`GatewayConfig::json_limit`] (413).
 //!
@@ -14,6 +16,8 @@
 //! [`Application::run_until_stopped`] serves until the server is stopped.
 
 pub mod auth;
+pub mod idempotency;
+pub mod observe;
 pub mod problem;
 pub mod state;
 pub mod v1;
@@ -82,7 +86,9 @@ impl Application {
             Some(key) => Some(SecretStore::open(&bus, &key.secret_store_key()).await?),
             None => None,
         };
+        let idempotency = idempotency::Idempotency::open(&bus).await?;
         let state = web::Data::new(AppState {
+            idempotency,
             bus,
             store,
             secrets,
@@ -94,6 +100,7 @@ impl Application {
         let json_limit = config.json_limit;
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(observe::observe))
                 .app_data(state.clone())
                 .app_data(web::JsonConfig::default().limit(json_limit).error_handler(json_error))
                 .app_data(web::QueryConfig::default().error_handler(query_error))
@@ -143,12 +150,18 @@ impl Application {
 /// The OpenAPI document of the gateway.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Arca API", description = "Multi-tenant backup platform: tenants, keys, targets, sources, policies, jobs, snapshots"),
+    info(title = "Arca API", description = "Multi-tenant backup platform: tenants, keys, targets, sources, policies, jobs, snapshots, restores, file search, usage, audit"),
     paths(
         v1::create_tenant, v1::list_tenants, v1::create_api_key,
         v1::create_target, v1::list_targets, v1::create_source, v1::list_sources,
         v1::create_policy, v1::list_policies, v1::run_policy,
         v1::list_jobs, v1::get_job, v1::list_snapshots,
+        v1::data::get_tenant, v1::data::list_api_keys, v1::data::revoke_api_key,
+        v1::data::get_target, v1::data::get_source, v1::data::get_policy,
+        v1::jobs::cancel_job, v1::jobs::job_events,
+        v1::data::get_snapshot, v1::data::snapshot_tree, v1::data::lock_snapshot, v1::data::forget_snapshot,
+        v1::jobs::create_restore, v1::jobs::list_restores, v1::jobs::get_restore,
+        v1::data::search_files, v1::data::usage, v1::data::audit,
     ),
     modifiers(&BearerAuth),
 )]

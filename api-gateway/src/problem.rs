@@ -143,6 +143,13 @@ impl From<ExecuteError> for ApiError {
         match error {
             ExecuteError::Domain(e) => e.into(),
             ExecuteError::Bus(e) => e.into(),
+            ExecuteError::Stale { expected, current } => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "stale_version",
+                format!(
+                    "the object changed: it is at version {current}, the request expected {expected}; read it again"
+                ),
+            ),
             ExecuteError::Corrupt(reason) => {
                 tracing::error!(%reason, "an aggregate's history cannot be read");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the object's history cannot be read")

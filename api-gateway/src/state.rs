@@ -16,6 +16,7 @@ pub struct AppState {
     /// Seals target credentials; `None` when the gateway has no server key.
     pub secrets: Option<SecretStore>,
     pub metrics: PrometheusHandle,
+    pub idempotency: crate::idempotency::Idempotency,
     pub query_timeout: Duration,
 }
 

@@ -8,18 +8,17 @@
 use std::collections::BTreeMap;
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, web};
-use arca_bus::jobs::{self, JobTicket};
+use actix_web::{HttpRequest, HttpResponse, web};
 use arca_domain::Lifecycle;
 use arca_domain::api_key::{ApiKey, ApiKeyCommand};
-use arca_domain::job::{Job, JobCommand};
+use arca_domain::job::JobCommand;
 use arca_domain::policy::{Policy, PolicyCommand};
 use arca_domain::source::{Source, SourceCommand};
 use arca_domain::target::{Target, TargetCommand};
 use arca_domain::tenant::{Tenant, TenantCommand};
 use arca_events::{
-    ApiKeyId, BackupMode, JobId, JobKind, Metadata, Misfire, PolicyId, Retention, Role, Schedule, SourceId, SourceKind,
-    TargetId, TargetKind, TenantId, Trigger,
+    ApiKeyId, BackupMode, JobId, JobKind, Misfire, PolicyId, Retention, Role, Schedule, SourceId, SourceKind, TargetId,
+    TargetKind, TenantId, Trigger,
 };
 use arca_worker::targets::TargetCredentials;
 use chrono::{DateTime, Utc};
@@ -29,8 +28,12 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::{Authorized, hash_key, new_key};
+use crate::observe::command_metadata;
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
+
+pub mod data;
+pub mod jobs;
 
 /// The routes of `/v1`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -39,17 +42,35 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .wrap(actix_web::middleware::from_fn(crate::auth::authenticate))
             .route("/tenants", web::post().to(create_tenant))
             .route("/tenants", web::get().to(list_tenants))
+            .route("/tenants/{tenant}", web::get().to(data::get_tenant))
             .route("/tenants/{tenant}/api-keys", web::post().to(create_api_key))
+            .route("/tenants/{tenant}/api-keys", web::get().to(data::list_api_keys))
+            .route("/tenants/{tenant}/api-keys/{id}", web::delete().to(data::revoke_api_key))
             .route("/targets", web::post().to(create_target))
             .route("/targets", web::get().to(list_targets))
+            .route("/targets/{id}", web::get().to(data::get_target))
             .route("/sources", web::post().to(create_source))
             .route("/sources", web::get().to(list_sources))
+            .route("/sources/{id}", web::get().to(data::get_source))
             .route("/policies", web::post().to(create_policy))
             .route("/policies", web::get().to(list_policies))
+            .route("/policies/{id}", web::get().to(data::get_policy))
             .route("/policies/{id}/run", web::post().to(run_policy))
             .route("/jobs", web::get().to(list_jobs))
             .route("/jobs/{id}", web::get().to(get_job))
-            .route("/snapshots", web::get().to(list_snapshots)),
+            .route("/jobs/{id}/cancel", web::post().to(jobs::cancel_job))
+            .route("/jobs/{id}/events", web::get().to(jobs::job_events))
+            .route("/snapshots", web::get().to(list_snapshots))
+            .route("/snapshots/{id}", web::get().to(data::get_snapshot))
+            .route("/snapshots/{id}/tree", web::get().to(data::snapshot_tree))
+            .route("/snapshots/{id}/lock", web::post().to(data::lock_snapshot))
+            .route("/snapshots/{id}/forget", web::post().to(data::forget_snapshot))
+            .route("/restores", web::post().to(jobs::create_restore))
+            .route("/restores", web::get().to(jobs::list_restores))
+            .route("/restores/{id}", web::get().to(jobs::get_restore))
+            .route("/files", web::get().to(data::search_files))
+            .route("/usage", web::get().to(data::usage))
+            .route("/audit", web::get().to(data::audit)),
     );
 }
 
@@ -92,13 +113,31 @@ pub struct Created {
     pub id: Uuid,
 }
 
-async fn list(state: &AppState, name: &str, auth: Option<Authorized>, page: &ListParams) -> Result<HttpResponse> {
-    let mut query = json!({ "limit": page.limit, "cursor": page.cursor });
+/// A page of catalog query `<name>.list`, with the resource's `filter` fields.
+async fn list(
+    state: &AppState,
+    name: &str,
+    auth: Option<Authorized>,
+    page: &ListParams,
+    mut filter: Value,
+) -> Result<HttpResponse> {
+    filter["limit"] = json!(page.limit);
+    filter["cursor"] = json!(page.cursor);
     if let Some(auth) = auth {
-        query["tenant"] = json!(auth.tenant);
+        filter["tenant"] = json!(auth.tenant);
     }
-    let page: Page = state.catalog(&format!("{name}.list"), query).await?;
+    let page: Page = state.catalog(&format!("{name}.list"), filter).await?;
     Ok(HttpResponse::Ok().json(page))
+}
+
+/// One row of catalog query `<name>.get`, its version as the `ETag`.
+async fn get(state: &AppState, name: &str, auth: Authorized, id: Uuid) -> Result<HttpResponse> {
+    let row: Value = state.catalog(&format!("{name}.get"), json!({ "tenant": auth.tenant, "id": id })).await?;
+    let mut response = HttpResponse::Ok();
+    if let Some(version) = row["version"].as_u64() {
+        response.insert_header(("ETag", format!("\"{version}\"")));
+    }
+    Ok(response.json(row))
 }
 
 fn created(id: impl Into<Uuid>) -> HttpResponse {
@@ -122,7 +161,7 @@ pub struct CreateTenant {
 pub async fn create_tenant(_auth: Authorized, state: Data, body: web::Json<CreateTenant>) -> Result<HttpResponse> {
     let CreateTenant { name, quota_bytes } = body.into_inner();
     let id = TenantId::new();
-    state.store.execute::<Tenant>(id, id, &TenantCommand::Create { name, quota_bytes }, &Metadata::new_root()).await?;
+    state.store.execute::<Tenant>(id, id, &TenantCommand::Create { name, quota_bytes }, &command_metadata()).await?;
     Ok(created(id))
 }
 
@@ -131,7 +170,7 @@ pub async fn create_tenant(_auth: Authorized, state: Data, body: web::Json<Creat
     responses((status = 200, body = Page), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("api_key" = [])))]
 pub async fn list_tenants(_auth: Authorized, state: Data, page: web::Query<ListParams>) -> Result<HttpResponse> {
-    list(&state, "tenants", None, &page).await
+    list(&state, "tenants", None, &page, json!({})).await
 }
 
 // ---- API keys ----
@@ -196,7 +235,7 @@ pub async fn create_api_key(
         expires_at,
     };
     let id = ApiKeyId::new();
-    state.store.execute::<ApiKey>(auth.tenant, id, &command, &Metadata::new_root()).await?;
+    state.store.execute::<ApiKey>(auth.tenant, id, &command, &command_metadata()).await?;
     Ok(HttpResponse::Created().json(CreatedApiKey { id: id.into(), key, prefix, role }))
 }
 
@@ -273,7 +312,7 @@ pub async fn create_target(
     };
     let id = TargetId::new();
     let command = TargetCommand::Add { name, kind, location, settings, credentials: sealed };
-    state.store.execute::<Target>(auth.tenant, id, &command, &Metadata::new_root()).await?;
+    state.store.execute::<Target>(auth.tenant, id, &command, &command_metadata()).await?;
     Ok(created(id))
 }
 
@@ -282,7 +321,7 @@ pub async fn create_target(
     responses((status = 200, body = Page), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("api_key" = [])))]
 pub async fn list_targets(auth: Authorized, state: Data, page: web::Query<ListParams>) -> Result<HttpResponse> {
-    list(&state, "targets", Some(auth), &page).await
+    list(&state, "targets", Some(auth), &page, json!({})).await
 }
 
 // ---- Sources ----
@@ -333,7 +372,7 @@ pub async fn create_source(
     let host = host.unwrap_or_else(|| "localhost".into());
     let id = SourceId::new();
     let command = SourceCommand::Add { name, kind, host, paths, excludes, site, pre_hook, post_hook };
-    state.store.execute::<Source>(auth.tenant, id, &command, &Metadata::new_root()).await?;
+    state.store.execute::<Source>(auth.tenant, id, &command, &command_metadata()).await?;
     Ok(created(id))
 }
 
@@ -342,7 +381,7 @@ pub async fn create_source(
     responses((status = 200, body = Page), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("api_key" = [])))]
 pub async fn list_sources(auth: Authorized, state: Data, page: web::Query<ListParams>) -> Result<HttpResponse> {
-    list(&state, "sources", Some(auth), &page).await
+    list(&state, "sources", Some(auth), &page, json!({})).await
 }
 
 // ---- Policies ----
@@ -460,7 +499,7 @@ pub async fn create_policy(
         verify_schedule: body.verify_every_seconds.map(|seconds| Schedule::Interval { seconds }),
     };
     let id = PolicyId::new();
-    state.store.execute::<Policy>(auth.tenant, id, &command, &Metadata::new_root()).await?;
+    state.store.execute::<Policy>(auth.tenant, id, &command, &command_metadata()).await?;
     Ok(created(id))
 }
 
@@ -473,7 +512,7 @@ fn unknown(what: &'static str, id: Uuid) -> ApiError {
     responses((status = 200, body = Page), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("api_key" = [])))]
 pub async fn list_policies(auth: Authorized, state: Data, page: web::Query<ListParams>) -> Result<HttpResponse> {
-    list(&state, "policies", Some(auth), &page).await
+    list(&state, "policies", Some(auth), &page, json!({})).await
 }
 
 /// The job a request started.
@@ -488,33 +527,34 @@ pub struct StartedJob {
     responses((status = 202, body = StartedJob), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("api_key" = [])))]
 pub async fn run_policy(
+    req: HttpRequest,
     auth: Authorized,
     state: Data,
     id: web::Path<Uuid>,
     _tenant: web::Query<TenantParams>,
 ) -> Result<HttpResponse> {
     let policy_id = PolicyId::from(id.into_inner());
-    let (policy, _) = state.store.load_state::<Policy>(auth.tenant, policy_id.as_uuid()).await?;
-    if policy.schedule.is_none() {
-        return Err(ApiError::not_found());
-    }
-    let (source, _) = state.store.load_state::<Source>(auth.tenant, policy.source.as_uuid()).await?;
-    let command = JobCommand::Request {
-        kind: JobKind::Backup,
-        trigger: Trigger::Manual,
-        policy: Some(policy_id),
-        source: Some(policy.source),
-        target: Some(policy.target),
-        snapshot: None,
-        mode: Some(policy.mode),
-        site: source.site.clone(),
+    let work = async {
+        let (policy, _) = state.store.load_state::<Policy>(auth.tenant, policy_id.as_uuid()).await?;
+        if policy.schedule.is_none() {
+            return Err(ApiError::not_found());
+        }
+        let (source, _) = state.store.load_state::<Source>(auth.tenant, policy.source.as_uuid()).await?;
+        let command = JobCommand::Request {
+            kind: JobKind::Backup,
+            trigger: Trigger::Manual,
+            policy: Some(policy_id),
+            source: Some(policy.source),
+            target: Some(policy.target),
+            snapshot: None,
+            mode: Some(policy.mode),
+            site: source.site,
+        };
+        let job = JobId::new();
+        arca_worker::runner::start_job(&state.store, auth.tenant, job, &command, &command_metadata()).await?;
+        Ok((StatusCode::ACCEPTED, json!(StartedJob { job: job.into() })))
     };
-    let job = JobId::new();
-    let meta = Metadata::new_root();
-    state.store.execute::<Job>(auth.tenant, job, &command, &meta).await?;
-    let ticket = JobTicket { tenant: auth.tenant, job, kind: JobKind::Backup, site: source.site, trace: meta.trace };
-    jobs::enqueue(&state.bus, &ticket, &job.to_string()).await?;
-    Ok(HttpResponse::Accepted().json(StartedJob { job: job.into() }))
+    state.idempotency.answer(&req, &auth, &(), work).await
 }
 
 // ---- Jobs and snapshots ----
@@ -524,7 +564,7 @@ pub async fn run_policy(
     responses((status = 200, body = Page), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("api_key" = [])))]
 pub async fn list_jobs(auth: Authorized, state: Data, page: web::Query<ListParams>) -> Result<HttpResponse> {
-    list(&state, "jobs", Some(auth), &page).await
+    list(&state, "jobs", Some(auth), &page, json!({})).await
 }
 
 /// One job.
@@ -547,5 +587,5 @@ pub async fn get_job(
     responses((status = 200, body = Page), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("api_key" = [])))]
 pub async fn list_snapshots(auth: Authorized, state: Data, page: web::Query<ListParams>) -> Result<HttpResponse> {
-    list(&state, "snapshots", Some(auth), &page).await
+    list(&state, "snapshots", Some(auth), &page, json!({})).await
 }

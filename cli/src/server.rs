@@ -1,6 +1,7 @@
 //! `arca server`: the platform on one machine — a local nats-server it starts itself (unless
 //! given one), the catalog on SQLite under the data folder, the scheduler, the transport,
-//! storage and recovery workers, and the dead-letter watcher, all in this process over the
+//! storage and recovery workers, the dead-letter watcher and the REST API gateway
+//! (`--http-addr`, default 127.0.0.1:8080), all in this process over the
 //! same NATS the separate services use. The deployment's secret key is `secret.key` in the
 //! data folder (created on the first start) unless `--secret-key-file` names one.
 
@@ -10,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use arca_api_gateway::{Application, GatewayConfig};
 use arca_catalog::service::{Catalog, CatalogConfig};
 use arca_recovery::{Recovery, RecoveryConfig};
 use arca_scheduler::{Scheduler, SchedulerConfig};
@@ -50,6 +52,9 @@ pub struct ServerArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics
     #[arg(long, env = "ARCA_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve the REST API (and its /metrics) on this address; port 0 picks a free one
+    #[arg(long, env = "ARCA_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http_addr: std::net::SocketAddr,
 }
 
 /// A nats-server child process, stopped when dropped.
@@ -96,13 +101,21 @@ pub fn run(args: ServerArgs) -> Result<u8> {
         let storage = Storage::build(StorageConfig { worker: worker.clone(), ..StorageConfig::new(&nats_url, key.clone()) })
             .await
             .context("start the storage service")?;
-        let recovery = Recovery::build(RecoveryConfig { worker, ..RecoveryConfig::new(&nats_url, key) })
+        let recovery = Recovery::build(RecoveryConfig { worker, ..RecoveryConfig::new(&nats_url, key.clone()) })
             .await
             .context("start the recovery service")?;
         let store = catalog.bus.event_store().await?;
         let _dead_letters = arca_bus::jobs::watch_dead_letters(store).await?;
+        let mut gateway = GatewayConfig::new(&nats_url, args.http_addr);
+        gateway.server_key = Some(key);
+        gateway.bootstrap_key = std::env::var("ARCA_BOOTSTRAP_KEY").ok().filter(|k| !k.is_empty());
+        let gateway = Application::build(gateway).await.context("start the API gateway")?;
+        if let Some(key) = gateway.new_bootstrap_key() {
+            eprintln!("arca server: bootstrap MSP admin API key (shown once, keep it safe): {key}");
+        }
+        let api = format!("http://{}:{}", args.http_addr.ip(), gateway.port());
         eprintln!(
-            "arca server: NATS {nats_url}; catalog {database}; secret key {}; scheduler, transport, storage and recovery running. Ctrl-C stops.",
+            "arca server: API {api}; NATS {nats_url}; catalog {database}; secret key {}; scheduler, transport, storage and recovery running. Ctrl-C stops.",
             key_path.display()
         );
         tokio::select! {
@@ -111,6 +124,7 @@ pub fn run(args: ServerArgs) -> Result<u8> {
             result = transport.run_until_stopped(std::future::pending()) => result.context("the transport stopped")?,
             result = storage.run_until_stopped(std::future::pending()) => result.context("the storage service stopped")?,
             result = recovery.run_until_stopped(std::future::pending()) => result.context("the recovery service stopped")?,
+            result = gateway.run_until_stopped(std::future::pending()) => result.context("the API gateway stopped")?,
             () = arca_telemetry::shutdown_signal() => eprintln!("arca server: stopping"),
         }
         anyhow::Ok(())

@@ -3,4 +3,6 @@
 
 mod api;
 mod helpers;
+mod isolation;
+mod jobs;
 mod openapi;

@@ -11,6 +11,9 @@ use arca_events::{JobId, JobKind, TargetId};
 
 use crate::helpers::{assert_same_tree, noise, write};
 
+/// The MSP admin API key every test `arca server` registers (`ARCA_BOOTSTRAP_KEY`).
+const API_KEY: &str = "arca-platform-test-admin-key-42";
+
 /// A child process killed when the test ends.
 struct Process(Child);
 
@@ -102,11 +105,25 @@ impl Platform {
             .env("ARCA_NATS_URL", &self.nats.url)
             .env("ARCA_SECRET_KEY_FILE", self.key_file())
             .env("ARCA_TEST_FAST_KDF", "1")
+            .env("ARCA_BOOTSTRAP_KEY", API_KEY)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
         self.processes.push((label.to_owned(), Process(child)));
+    }
+
+    /// The base URL of `arca server`'s API, once it serves.
+    fn api(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log("server");
+            if let Some(base) = log.split("arca server: API ").nth(1).and_then(|rest| rest.split(';').next()) {
+                return base.to_owned();
+            }
+            assert!(Instant::now() < deadline, "arca server never said where its API is:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Everything in one `arca server` process.
@@ -117,7 +134,7 @@ impl Platform {
     fn all_in_one_with(mut self, extra: &[&str]) -> Platform {
         let data = self.data.path().display().to_string();
         let nats = self.nats.url.clone();
-        let mut args = vec!["server", "--data-dir", &data, "--nats", &nats];
+        let mut args = vec!["server", "--data-dir", &data, "--nats", &nats, "--http-addr", "127.0.0.1:0"];
         args.extend_from_slice(extra);
         self.spawn("server", &binary("arca"), &args);
         self
@@ -782,6 +799,8 @@ fn a_copy_retries_through_an_object_store_outage_then_fails_clearly_and_works_ag
     let nats = platform.nats.url.clone();
     let server_args = [
         "server",
+        "--http-addr",
+        "127.0.0.1:0",
         "--data-dir",
         &data,
         "--nats",
@@ -1059,4 +1078,74 @@ fn a_backup_killed_mid_upload_resumes_on_another_worker_reusing_the_indexed_pack
         "the second attempt stored {added} of {SIZE} bytes: it reused what the first (killed at {killed_at}) indexed"
     );
     assert_eq!(std::fs::read_dir(repo.join("snapshots")).unwrap().count(), 1, "one snapshot, no partial one");
+}
+
+/// A running backup cancelled through `arca server`'s REST API: the job ends cancelled, the
+/// live event stream says so, no snapshot is committed (in the log or in the repository), and
+/// the next run backs up as usual.
+#[test]
+fn a_backup_cancelled_through_the_api_stops_and_commits_no_snapshot() {
+    let work = tempfile::tempdir().unwrap();
+    let (source_dir, repo) = (work.path().join("src"), work.path().join("repo"));
+    make_source(&source_dir);
+    let started = work.path().join("started");
+    let hook = format!("touch {}; sleep 2", started.display());
+    let platform = Platform::new().all_in_one();
+    let [tenant, _, _, policy] = define(&platform, &source_dir, &repo, &["--pre-hook", &hook], &["--every", "3600"]);
+    let api = platform.api();
+    // reqwest is built without a rustls provider in this workspace: pick ring, like the services.
+    let _ = async_nats::rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let job = loop {
+            let response = http
+                .post(format!("{api}/v1/policies/{policy}/run?tenant={tenant}"))
+                .bearer_auth(API_KEY)
+                .send()
+                .await
+                .unwrap();
+            // 401 until the catalog has the bootstrap key.
+            if response.status() == reqwest::StatusCode::ACCEPTED {
+                break response.json::<serde_json::Value>().await.unwrap()["job"].as_str().unwrap().to_owned();
+            }
+            assert!(Instant::now() < deadline, "run-now answered {}", response.status());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let mut events =
+            http.get(format!("{api}/v1/jobs/{job}/events?tenant={tenant}")).bearer_auth(API_KEY).send().await.unwrap();
+        assert_eq!(events.status(), reqwest::StatusCode::OK);
+        while !started.exists() {
+            assert!(Instant::now() < deadline, "the backup never started:\n{}", platform.log("server"));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let cancel =
+            http.post(format!("{api}/v1/jobs/{job}/cancel?tenant={tenant}")).bearer_auth(API_KEY).send().await.unwrap();
+        assert_eq!(cancel.status(), reqwest::StatusCode::OK);
+        let mut text = String::new();
+        while !text.contains("event: end") {
+            let chunk = tokio::time::timeout(Duration::from_secs(30), events.chunk()).await.unwrap().unwrap();
+            text.push_str(&String::from_utf8_lossy(&chunk.expect("the stream lasts until the end")));
+        }
+        assert!(
+            text.contains("\"status\":\"running\"") && text.ends_with("data: {\"status\":\"cancelled\"}\n\n"),
+            "{text}"
+        );
+        let job_json = platform.wait_job(&tenant, &job);
+        assert_eq!(job_json["status"], "cancelled", "{job_json}");
+        assert!(job_json["snapshot"].is_null(), "{job_json}");
+        // The worker stopped the engine: it says so, and the repository has no snapshot.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !platform.log("server").contains("job cancelled") {
+            assert!(Instant::now() < deadline, "the worker never stopped:\n{}", platform.log("server"));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    assert_eq!(std::fs::read_dir(repo.join("snapshots")).map(|d| d.count()).unwrap_or(0), 0, "no snapshot was written");
+    let snapshots = catalog_query(&platform.nats.url, "snapshots.list", serde_json::json!({ "tenant": tenant }));
+    assert_eq!(snapshots["items"].as_array().map(Vec::len), Some(0), "{snapshots}");
+    let next = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
+    let next = platform.wait_succeeded(&tenant, &next);
+    assert!(next["snapshot"].is_string(), "{next}");
 }

@@ -1,6 +1,7 @@
-//! One trace per job across services: the scheduler's firing, the transport's backup and the
-//! storage service's follow-up forget are spans of one trace, the context carried in NATS
-//! (job tickets and event headers). The services run in this process, each built as its own
+//! One trace per job across services: the scheduler's firing (or the gateway's HTTP request,
+//! continuing its client's trace), the transport's backup and the storage service's
+//! follow-up forget are spans of one trace, the context carried in NATS (job tickets and
+//! event headers). The services run in this process, each built as its own
 //! service on its own NATS connection; spans go to an in-memory exporter.
 
 use std::time::{Duration, Instant};
@@ -17,6 +18,10 @@ use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 
 use crate::helpers::{noise, write};
 
+const ADMIN_KEY: &str = "arca-test-admin-key-0123456789";
+/// The trace id a client of the API sends in its `traceparent`.
+const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
 async fn wait_succeeded(store: &arca_bus::EventStore, tenant: TenantId, job: JobId) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -31,11 +36,14 @@ async fn wait_succeeded(store: &arca_bus::EventStore, tenant: TenantId, job: Job
 }
 
 #[test]
-fn spans_of_the_scheduler_transport_and_storage_share_one_trace() {
+fn spans_of_the_gateway_scheduler_transport_and_storage_share_one_trace() {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-    let _telemetry =
-        arca_telemetry::init_with_provider("arca-test", provider, "warn,arca_worker=info,arca_scheduler=info");
+    let _telemetry = arca_telemetry::init_with_provider(
+        "arca-test",
+        provider,
+        "warn,arca_worker=info,arca_scheduler=info,arca_api_gateway=info",
+    );
     let nats = arca_testkit::nats_server();
     let work = tempfile::tempdir().unwrap();
     let source_dir = work.path().join("src");
@@ -50,6 +58,17 @@ fn spans_of_the_scheduler_transport_and_storage_share_one_trace() {
             arca_storage::Storage::build(arca_storage::StorageConfig::new(&nats.url, key.clone())).await.unwrap();
         tokio::spawn(transport.run_until_stopped(std::future::pending()));
         tokio::spawn(storage.run_until_stopped(std::future::pending()));
+        let database = format!("sqlite://{}?mode=rwc", work.path().join("catalog.db").display());
+        let catalog =
+            arca_catalog::service::Catalog::build(arca_catalog::service::CatalogConfig::new(&nats.url, database))
+                .await
+                .unwrap();
+        tokio::spawn(catalog.run_until_stopped(std::future::pending()));
+        let mut gateway = arca_api_gateway::GatewayConfig::new(&nats.url, "127.0.0.1:0".parse().unwrap());
+        gateway.bootstrap_key = Some(ADMIN_KEY.into());
+        let gateway = arca_api_gateway::Application::build(gateway).await.unwrap();
+        let api = format!("http://127.0.0.1:{}", gateway.port());
+        tokio::spawn(gateway.run_until_stopped(std::future::pending()));
 
         let store = Bus::connect(BusConfig::new(&nats.url)).await.unwrap().event_store().await.unwrap();
         let meta = Metadata::new_root();
@@ -105,6 +124,31 @@ fn spans_of_the_scheduler_transport_and_storage_share_one_trace() {
         wait_succeeded(&store, tenant, backup).await;
         let forget = arca_worker::ids::follow_up_job_id(backup, JobKind::Forget, Some(target));
         wait_succeeded(&store, tenant, forget).await;
+
+        // The same policy run through the API, by a client that sends its own trace.
+        let _ = async_nats::rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::new();
+        let run = format!("{api}/v1/policies/{policy_id}/run?tenant={tenant}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let started = loop {
+            let response = http
+                .post(&run)
+                .bearer_auth(ADMIN_KEY)
+                .header("traceparent", format!("00-{CLIENT_TRACE}-00f067aa0ba902b7-01"))
+                .send()
+                .await
+                .unwrap();
+            // 401 until the catalog has projected the bootstrap key.
+            if response.status() == reqwest::StatusCode::ACCEPTED {
+                break response.json::<serde_json::Value>().await.unwrap();
+            }
+            assert!(Instant::now() < deadline, "run-now answered {}", response.status());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let backup: JobId = started["job"].as_str().unwrap().parse().unwrap();
+        wait_succeeded(&store, tenant, backup).await;
+        let forget = arca_worker::ids::follow_up_job_id(backup, JobKind::Forget, Some(target));
+        wait_succeeded(&store, tenant, forget).await;
     });
 
     let spans = exporter.get_finished_spans().unwrap();
@@ -116,5 +160,21 @@ fn spans_of_the_scheduler_transport_and_storage_share_one_trace() {
         .filter_map(|s| s.attributes.iter().find(|kv| kv.key.as_str() == "kind").map(|kv| kv.value.to_string()))
         .collect();
     assert!(job_kinds.contains(&"backup".to_owned()), "the transport's span is in the firing's trace: {job_kinds:?}");
+    assert!(job_kinds.contains(&"forget".to_owned()), "the storage service's span is in it too: {job_kinds:?}");
+
+    let request = spans
+        .iter()
+        .find(|s| {
+            s.name == "http_request" && s.attributes.iter().any(|kv| kv.value.to_string() == "/v1/policies/{id}/run")
+        })
+        .expect("the gateway's request span");
+    let trace = request.span_context.trace_id();
+    assert_eq!(trace.to_string(), CLIENT_TRACE, "the request continues the client's trace");
+    let job_kinds: Vec<String> = spans
+        .iter()
+        .filter(|s| s.name == "job" && s.span_context.trace_id() == trace)
+        .filter_map(|s| s.attributes.iter().find(|kv| kv.key.as_str() == "kind").map(|kv| kv.value.to_string()))
+        .collect();
+    assert!(job_kinds.contains(&"backup".to_owned()), "the transport's span is in the request's trace: {job_kinds:?}");
     assert!(job_kinds.contains(&"forget".to_owned()), "the storage service's span is in it too: {job_kinds:?}");
 }

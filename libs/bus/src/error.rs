@@ -45,4 +45,7 @@ pub enum ExecuteError {
     /// The aggregate's history on the stream cannot be read.
     #[error("{0}")]
     Corrupt(String),
+    /// The caller expected the aggregate at another version (an API client's `If-Match`).
+    #[error("the object is at version {current}, not {expected}")]
+    Stale { expected: u64, current: u64 },
 }

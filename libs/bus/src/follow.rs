@@ -2,13 +2,16 @@
 //!
 //! A read model (the catalog, a scheduler's view of policies) keeps the stream sequence it
 //! has applied next to its data, in the same transaction. [`durable_consumer`] gives it a
-//! JetStream durable consumer that continues from exactly there.
+//! JetStream durable consumer that continues from exactly there. [`follow_aggregate`]
+//! follows one aggregate live (a job's state changes, for its watchers).
 
 use std::time::Duration;
 
+use arca_events::{AggregateRef, Envelope};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::Stream;
+use futures::StreamExt;
 
 use crate::{Bus, BusError, EVENTS_STREAM};
 
@@ -75,4 +78,37 @@ pub async fn durable_consumer(
         ..Default::default()
     };
     stream.create_consumer(config).await.map_err(|e| BusError::unavailable(format!("create consumer {name}"), e))
+}
+
+/// The events of `aggregate` stored after stream sequence `after` (its [`Version`] when it was
+/// loaded), in order, as they are appended: load the state, then follow from its version,
+/// and nothing is missed or seen twice. An ephemeral ordered consumer: dropping the stream
+/// is all the cleanup there is.
+///
+/// [`Version`]: crate::Version
+pub async fn follow_aggregate(
+    bus: &Bus,
+    aggregate: AggregateRef,
+    after: u64,
+) -> Result<impl futures::Stream<Item = Result<Envelope, BusError>> + Send + Unpin + 'static, BusError> {
+    let subject = aggregate.subject();
+    let stream: Stream = bus
+        .jetstream()
+        .get_stream(EVENTS_STREAM)
+        .await
+        .map_err(|e| BusError::unavailable("open the EVENTS stream", e))?;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: subject.clone(),
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| BusError::unavailable(format!("follow `{subject}`"), e))?;
+    let messages = consumer.messages().await.map_err(|e| BusError::unavailable(format!("follow `{subject}`"), e))?;
+    Ok(messages.map(move |message| {
+        let message = message.map_err(|e| BusError::unavailable(format!("follow `{subject}`"), e))?;
+        Envelope::from_json(&message.payload)
+            .map_err(|e| BusError::Malformed { what: format!("event on `{subject}`"), reason: e.to_string() })
+    }))
 }

@@ -139,9 +139,15 @@ impl Bus {
     /// Opens (or creates) key-value bucket `name`: one value per key, on file storage, with the
     /// configured replicas — the shape every Arca bucket uses (secrets, usage, claims, cursors).
     pub async fn key_value(&self, name: &str) -> Result<jetstream::kv::Store, BusError> {
+        self.expiring_key_value(name, Duration::ZERO).await
+    }
+
+    /// [`Bus::key_value`] whose entries expire `max_age` after their last write (zero: never).
+    pub async fn expiring_key_value(&self, name: &str, max_age: Duration) -> Result<jetstream::kv::Store, BusError> {
         let config = jetstream::kv::Config {
             bucket: name.into(),
             history: 1,
+            max_age,
             num_replicas: self.config.replicas,
             storage: stream::StorageType::File,
             ..Default::default()

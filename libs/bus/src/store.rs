@@ -286,12 +286,30 @@ impl EventStore {
         command: &A::Command,
         meta: &Metadata,
     ) -> Result<Committed<A>, ExecuteError> {
+        self.execute_expecting(tenant, id, command, meta, None).await
+    }
+
+    /// [`EventStore::execute`], but only while the aggregate has exactly `expected` events
+    /// (the version a caller last read, an API client's `If-Match`); else [`ExecuteError::Stale`].
+    pub async fn execute_expecting<A: Aggregate>(
+        &self,
+        tenant: TenantId,
+        id: impl Into<Uuid>,
+        command: &A::Command,
+        meta: &Metadata,
+        expected: Option<u64>,
+    ) -> Result<Committed<A>, ExecuteError> {
         let id = id.into();
         let aggregate = AggregateRef::new(tenant, A::TYPE, id);
         let mut conflicts = 0;
         loop {
             let facts = self.tenant_facts(tenant).await?;
             let (mut state, version) = self.load_state::<A>(tenant, id).await?;
+            if let Some(expected) = expected
+                && expected != version.sequence
+            {
+                return Err(ExecuteError::Stale { expected, current: version.sequence });
+            }
             let now = Utc::now();
             let events = state.handle(command, &Context::new(now, facts))?;
             if events.is_empty() {

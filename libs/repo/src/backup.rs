@@ -69,6 +69,23 @@ pub struct Progress {
     pub files_done: AtomicU64,
     pub bytes_done: AtomicU64,
     pub walk_finished: std::sync::atomic::AtomicBool,
+    cancelled: std::sync::atomic::AtomicBool,
+}
+
+impl Progress {
+    /// Asks the backup to stop: it ends soon with [`Error::Cancelled`] and writes no snapshot;
+    /// what it uploaded so far is indexed, so the next run reuses it.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.is_cancelled() { Err(Error::Cancelled) } else { Ok(()) }
+    }
 }
 
 /// The result of a backup.
@@ -130,7 +147,7 @@ pub fn backup(repo: &Repository, source: BackupSource, options: &BackupOptions) 
     // The run holds a handle on the pipeline; release it so the pipeline can drain.
     let Run { warnings, partial, mut summary, sink, .. } = run;
     drop(sink);
-    let tree = match tree {
+    let tree = match tree.and_then(|tree| progress.check().map(|()| tree)) {
         Ok(tree) => tree,
         Err(e) => {
             // Flush what was uploaded so the next run can reuse it, then report the cause.
@@ -503,6 +520,7 @@ impl<'a> Run<'a> {
         }
         children.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         for name in children {
+            self.progress.check()?;
             let child = path.join(&name);
             match std::fs::symlink_metadata(&child) {
                 Ok(meta) => self.add_entry(walk, dir, &child, name.as_bytes(), meta)?,
@@ -631,6 +649,7 @@ fn read_file(
     let file = File::open(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
     let mut content = Vec::new();
     let on_chunk = |chunk: &[u8]| -> Result<()> {
+        progress.check()?;
         content.push(store_chunk(sink, chunk)?);
         progress.bytes_done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         Ok(())

@@ -58,6 +58,9 @@ pub enum Error {
     /// A source command (`--command`) or hook failed.
     #[error("command `{command}` failed: {reason}")]
     Command { command: String, reason: String },
+    /// The caller asked the operation to stop ([`crate::backup::Progress::cancel`]).
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl From<std::io::Error> for Error {

@@ -114,6 +114,17 @@ pub fn trace_of(span: &tracing::Span) -> Option<TraceContext> {
     TraceContext::parse(carrier.get("traceparent")?, carrier.get("tracestate").map(String::as_str))
 }
 
+/// Metadata for a new chain of work started inside `span` (an API request, a CLI command):
+/// a fresh correlation id and the span's trace, or a new trace when no OpenTelemetry layer
+/// records the span.
+pub fn root_metadata(span: &tracing::Span) -> arca_events::Metadata {
+    let mut meta = arca_events::Metadata::new_root();
+    if let Some(trace) = trace_of(span) {
+        meta.trace = Some(trace);
+    }
+    meta
+}
+
 /// Serves the process's metrics for Prometheus on `http://addr/metrics` (from a Tokio context:
 /// the listener runs on the current runtime).
 pub fn serve_metrics(addr: SocketAddr) -> Result<(), TelemetryError> {
@@ -152,4 +163,8 @@ pub mod names {
     pub const QUEUE_DEPTH: &str = "arca_queue_depth";
     /// Gauge: events the catalog has not applied yet.
     pub const CATALOG_LAG: &str = "arca_catalog_lag_events";
+    /// Counter, labels `method`, `route`, `status`: HTTP requests the gateway answered.
+    pub const HTTP_REQUESTS: &str = "arca_http_requests_total";
+    /// Histogram, labels `method`, `route`: seconds from request to response head.
+    pub const HTTP_DURATION: &str = "arca_http_request_duration_seconds";
 }

@@ -7,6 +7,11 @@
 //! then record the result. A [`JobError::Temporary`] failure is retried with the queue's
 //! backoff and dead-lettered after the last try; a [`JobError::Permanent`] one fails the job
 //! at once. At most [`WorkerSettings::parallel`] jobs run at a time in one worker.
+//!
+//! A job cancelled while it runs (`JobCancelled`, from the API) is seen by the attempt at
+//! once (it follows its job's events): [`JobContext::cancelled`] completes, handlers that
+//! can stop early do (the backup engine stops reading and writes no snapshot), and after
+//! [`WorkerSettings::cancel_grace`] the attempt is dropped whatever the handler does.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -18,7 +23,8 @@ use arca_domain::DomainError;
 use arca_domain::job::{Job, JobCommand, JobStatus};
 use arca_events::{JobId, JobKind, Metadata, PolicyId, SnapshotId, TargetId, TenantId, Trigger};
 use arca_telemetry::names;
-use tokio::sync::Semaphore;
+use futures::StreamExt;
+use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
 /// How one worker pool takes and runs jobs.
@@ -40,6 +46,8 @@ pub struct WorkerSettings {
     pub progress_every: Duration,
     /// A `JobCheckpointed` event.
     pub checkpoint_every: Duration,
+    /// How long a cancelled attempt may take to stop by itself before it is dropped.
+    pub cancel_grace: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -54,6 +62,7 @@ impl Default for WorkerSettings {
             ack_wait: Duration::from_secs(30),
             progress_every: Duration::from_secs(1),
             checkpoint_every: Duration::from_secs(15),
+            cancel_grace: Duration::from_secs(10),
         }
     }
 }
@@ -143,12 +152,26 @@ pub struct JobContext {
     /// Correlation and trace for the events this attempt appends.
     pub meta: Metadata,
     progress: Arc<Mutex<Option<ProgressSource>>>,
+    cancelled: watch::Receiver<bool>,
 }
 
 impl JobContext {
     /// Where live progress is read from while the job runs (polled by the runner).
     pub fn report_progress(&self, source: impl Fn() -> ProgressReading + Send + Sync + 'static) {
         *self.progress.lock().expect("progress source lock") = Some(Box::new(source));
+    }
+
+    /// Whether the job has been cancelled while this attempt runs.
+    pub fn is_cancelled(&self) -> bool {
+        *self.cancelled.borrow()
+    }
+
+    /// Completes when the job is cancelled; never, if it is not.
+    pub async fn cancelled(&self) {
+        let mut cancelled = self.cancelled.clone();
+        if cancelled.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     fn read_progress(&self) -> Option<ProgressReading> {
@@ -240,6 +263,7 @@ async fn attempt<H: JobHandler>(
         Ok((job, _)) => job,
         Err(e) => return retry_later(delivery, &format!("load job {}: {e}", ticket.job)).await,
     };
+    let (cancel, cancelled) = watch::channel(false);
     let ctx = JobContext {
         store: store.clone(),
         tenant: ticket.tenant,
@@ -248,6 +272,7 @@ async fn attempt<H: JobHandler>(
         attempt: delivery.attempt,
         meta: meta.clone(),
         progress: Arc::default(),
+        cancelled,
     };
     match job.status {
         JobStatus::Missing => {
@@ -283,10 +308,23 @@ async fn attempt<H: JobHandler>(
     running.increment(1.0);
     let keep_alive = delivery.keep_alive();
     let reporter = tokio::spawn(report(ctx.clone(), settings.progress_every, settings.checkpoint_every));
+    let cancel_watch = tokio::spawn(watch_for_cancel(store.clone(), ticket.tenant, ticket.job, cancel));
     let started = Instant::now();
-    let result = handler.run(ctx.clone()).await;
+    let result = tokio::select! {
+        result = handler.run(ctx.clone()) => result,
+        () = async { ctx.cancelled().await; tokio::time::sleep(settings.cancel_grace).await } => {
+            Err(JobError::Permanent("cancelled; the attempt did not stop by itself and was dropped".into()))
+        }
+    };
     reporter.abort();
+    cancel_watch.abort();
     drop(keep_alive);
+    if ctx.is_cancelled() {
+        running.decrement(1.0);
+        metrics::counter!(names::JOBS, "kind" => kind, "state" => "cancelled").increment(1);
+        tracing::info!(job = %ticket.job, kind, "job cancelled");
+        return finish(delivery).await;
+    }
     if result.is_ok() {
         // The last word on progress, so a follower sees the job complete even when it ran
         // for less than one reporting interval.
@@ -348,6 +386,28 @@ async fn attempt<H: JobHandler>(
     }
 }
 
+/// Signals `cancel` when the job's events show it cancelled.
+async fn watch_for_cancel(store: EventStore, tenant: TenantId, job: JobId, cancel: watch::Sender<bool>) {
+    let aggregate = arca_events::AggregateRef::new(tenant, arca_events::AggregateType::Job, job);
+    let mut events = match arca_bus::follow::follow_aggregate(store.bus(), aggregate, 0).await {
+        Ok(events) => events,
+        Err(e) => {
+            tracing::warn!(%job, error = %e, "cannot follow the job's events; it cannot be cancelled while it runs");
+            return;
+        }
+    };
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(envelope) if envelope.event_type == "JobCancelled" => {
+                let _ = cancel.send(true);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(%job, error = %e, "a job event could not be read"),
+        }
+    }
+}
+
 async fn finish(delivery: JobDelivery) {
     let job = delivery.ticket.job;
     if let Err(e) = delivery.complete().await {
@@ -370,6 +430,24 @@ async fn request_follow_ups<H: JobHandler>(handler: &H, ctx: &JobContext, job: &
         let id = crate::ids::follow_up_job_id(ctx.job_id, follow_up.kind, follow_up.target);
         request_job(&ctx.store, ctx.tenant, id, &follow_up, Trigger::FollowUp { after: ctx.job_id }, &ctx.meta).await?;
     }
+    Ok(())
+}
+
+/// Requests job `id` (`command` is a [`JobCommand::Request`]) and puts its ticket on the
+/// queue, carrying `meta`'s trace: how the API and the CLI start work.
+pub async fn start_job(
+    store: &EventStore,
+    tenant: TenantId,
+    id: JobId,
+    command: &JobCommand,
+    meta: &Metadata,
+) -> Result<(), ExecuteError> {
+    let JobCommand::Request { kind, site, .. } = command else {
+        panic!("start_job takes a job request, not `{command:?}`");
+    };
+    store.execute::<Job>(tenant, id, command, meta).await?;
+    let ticket = JobTicket { tenant, job: id, kind: *kind, site: site.clone(), trace: meta.trace.clone() };
+    jobs::enqueue(store.bus(), &ticket, &id.to_string()).await?;
     Ok(())
 }
 

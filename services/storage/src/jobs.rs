@@ -69,39 +69,55 @@ impl JobHandler for ForgetHandler {
 
     async fn run(&self, ctx: JobContext) -> Result<JobOutcome, JobError> {
         let target = target_of(&ctx)?;
-        let Some(policy_id) = ctx.job.policy else {
-            return Err(JobError::Permanent("a forget job names the policy whose retention it applies".into()));
-        };
-        let (policy, _) = ctx.store.load_state::<Policy>(ctx.tenant, policy_id.as_uuid()).await?;
-        if policy.retention.keeps_everything() {
-            return Ok(JobOutcome::default());
-        }
-        let rules = engine_retention(&policy.retention);
-        let tag = format!("source:{}", policy.source);
         let spec = self.targets.describe(ctx.tenant, target).await?;
-        let candidates = with_repository(spec.clone(), move |repo| {
-            let mut snapshots = repo.snapshots()?;
-            snapshots.retain(|_, s| s.tags.contains(&tag));
-            Ok(plan_forget(&snapshots, &rules, chrono::Utc::now()).into_iter().filter(|d| !d.keep).collect::<Vec<_>>())
-        })
-        .await?;
+        // One named snapshot (the API's forget), or what the policy's retention lets go.
+        let candidates = if let Some(snapshot) = ctx.job.snapshot {
+            let (state, _) =
+                ctx.store.load_state::<arca_domain::snapshot::Snapshot>(ctx.tenant, snapshot.as_uuid()).await?;
+            let commit =
+                state.commit.ok_or_else(|| JobError::Permanent(format!("snapshot {snapshot} does not exist")))?;
+            if commit.target != target {
+                return Err(JobError::Permanent(format!("snapshot {snapshot} is not on target {target}")));
+            }
+            vec![commit.repo_snapshot]
+        } else {
+            let Some(policy_id) = ctx.job.policy else {
+                return Err(JobError::Permanent(
+                    "a forget job names a snapshot, or the policy whose retention it applies".into(),
+                ));
+            };
+            let (policy, _) = ctx.store.load_state::<Policy>(ctx.tenant, policy_id.as_uuid()).await?;
+            if policy.retention.keeps_everything() {
+                return Ok(JobOutcome::default());
+            }
+            let rules = engine_retention(&policy.retention);
+            let tag = format!("source:{}", policy.source);
+            with_repository(spec.clone(), move |repo| {
+                let mut snapshots = repo.snapshots()?;
+                snapshots.retain(|_, s| s.tags.contains(&tag));
+                Ok(plan_forget(&snapshots, &rules, chrono::Utc::now())
+                    .into_iter()
+                    .filter(|d| !d.keep)
+                    .map(|d| d.id)
+                    .collect::<Vec<_>>())
+            })
+            .await?
+        };
         let mut forgotten = Vec::new();
-        for decision in candidates {
+        for id in candidates {
             // The log first: it refuses a snapshot locked in the control plane.
             let command = SnapshotCommand::Forget { job: Some(ctx.job_id) };
             match ctx
                 .store
-                .execute::<arca_domain::snapshot::Snapshot>(
-                    ctx.tenant,
-                    snapshot_id(target, &decision.id),
-                    &command,
-                    &ctx.meta,
-                )
+                .execute::<arca_domain::snapshot::Snapshot>(ctx.tenant, snapshot_id(target, &id), &command, &ctx.meta)
                 .await
             {
-                Ok(_) | Err(ExecuteError::Domain(DomainError::NotFound { .. })) => forgotten.push(decision.id),
+                Ok(_) | Err(ExecuteError::Domain(DomainError::NotFound { .. })) => forgotten.push(id),
+                Err(ExecuteError::Domain(DomainError::SnapshotLocked { until })) if ctx.job.snapshot.is_some() => {
+                    return Err(JobError::Permanent(format!("the snapshot is locked until {until}")));
+                }
                 Err(ExecuteError::Domain(DomainError::SnapshotLocked { until })) => {
-                    tracing::info!(snapshot = %decision.id, %until, "kept: locked");
+                    tracing::info!(snapshot = %id, %until, "kept: locked");
                 }
                 Err(e) => return Err(e.into()),
             }

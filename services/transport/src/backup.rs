@@ -112,17 +112,28 @@ impl JobHandler for BackupHandler {
                 mode: engine_mode(job.mode),
                 tags: vec![format!("source:{source_id}")],
                 hostname: Some(source.host.clone()),
-                progress: Some(progress),
+                progress: Some(progress.clone()),
                 ..BackupOptions::default()
             };
             let spec = spec.clone();
-            tokio::task::spawn_blocking(move || {
+            // A cancel stops the engine: it ends with `Cancelled` and writes no snapshot.
+            if ctx.is_cancelled() {
+                progress.cancel();
+            }
+            let stop = tokio::spawn({
+                let (ctx, progress) = (ctx.clone(), progress.clone());
+                async move {
+                    ctx.cancelled().await;
+                    progress.cancel();
+                }
+            });
+            let result = tokio::task::spawn_blocking(move || {
                 let repo = spec.open()?;
                 arca_repo::backup(&repo, what, &options)
             })
-            .await
-            .map_err(|e| JobError::Temporary(format!("the backup thread stopped: {e}")))?
-            .map_err(JobError::from)
+            .await;
+            stop.abort();
+            result.map_err(|e| JobError::Temporary(format!("the backup thread stopped: {e}")))?.map_err(JobError::from)
         }
         .await;
         if let Some(hook) = &source.post_hook {
