@@ -136,7 +136,7 @@ start_server() {
   local dir=$1 port i
   mkdir -p "$dir"
   port=$(free_port)
-  "$ARCA" server --data-dir "$dir" --nats-port "$port" >"$dir/server.log" 2>&1 &
+  "$ARCA" server --data-dir "$dir" --nats-port "$port" --http-addr 127.0.0.1:0 >"$dir/server.log" 2>&1 &
   SERVER_PID=$!; PIDS+=("$SERVER_PID")
   NATS_URL=nats://127.0.0.1:$port NATS_PID=
   for i in $(seq 1 300); do
