@@ -162,6 +162,9 @@ async fn authorize(req: &HttpRequest) -> Result<Authorized, ApiError> {
     if row.status != "active" || row.expires_at.is_some_and(|t| t <= Utc::now()) {
         return Err(ApiError::unauthorized("the API key is revoked or expired"));
     }
+    if let Some(limiter) = &state.limiter {
+        limiter.check(row.id.into())?;
+    }
     let own = TenantId::from(row.tenant_id);
     let rule = access_rule(req.method(), req.match_pattern().as_deref().unwrap_or_default());
     if rank(row.role) < rank(rule.min_role) {

@@ -7,6 +7,9 @@
 //! - Authentication, roles and tenant scoping live in one place ([`auth`]): the
 //!   [`auth::authenticate`] middleware around `/v1`, whose outcome every handler takes as
 //!   [`auth::Authorized`].
+//! - `/openapi.json` is the spec, `/docs` an interactive reference (Swagger UI, served from
+//!   the binary: no CDN). HTTPS when [`GatewayConfig::tls`] names a certificate; per-key rate
+//!   limits ([`limit`]) answer 429 with `Retry-After`.
 //! - Every request runs in an `http_request` span that continues the caller's W3C trace and
 //!   is counted and timed by route ([`observe`]); the commands it appends carry that trace.
 //! - Every error is an RFC 9457 problem document with a machine code ([`problem`]); unknown
@@ -17,12 +20,14 @@
 
 pub mod auth;
 pub mod idempotency;
+pub mod limit;
 pub mod observe;
 pub mod problem;
 pub mod state;
 pub mod v1;
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -53,6 +58,37 @@ pub struct GatewayConfig {
     pub json_limit: usize,
     /// How long a catalog query may take.
     pub query_timeout: Duration,
+    /// Requests per API key; `None`: unlimited.
+    pub rate_limit: Option<limit::RateLimit>,
+    /// Serve HTTPS with this certificate chain and key (PEM files).
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files of a server certificate (chain) and its private key.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    fn server_config(&self) -> anyhow::Result<rustls::ServerConfig> {
+        use anyhow::Context;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_file_iter(&self.certificate)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .with_context(|| format!("read the certificate {}", self.certificate.display()))?;
+        anyhow::ensure!(!chain.is_empty(), "no certificate in {}", self.certificate.display());
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .with_context(|| format!("read the private key {}", self.key.display()))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .context("the certificate and key do not make a TLS server")
+    }
 }
 
 impl GatewayConfig {
@@ -64,7 +100,48 @@ impl GatewayConfig {
             server_key: None,
             json_limit: 64 * 1024,
             query_timeout: Duration::from_secs(5),
+            rate_limit: None,
+            tls: None,
         }
+    }
+}
+
+/// The HTTP settings `arca-gateway` and `arca server` take on their command lines.
+#[derive(Clone, Debug, clap::Args)]
+pub struct HttpArgs {
+    /// Serve the REST API on this address; port 0 picks a free one
+    #[arg(long, env = "ARCA_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// Serve HTTPS with this PEM certificate (chain); needs --tls-key
+    #[arg(long, env = "ARCA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, env = "ARCA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Requests per second each API key may send on average (bursts of twice that); 0: no limit
+    #[arg(long, env = "ARCA_RATE_LIMIT", default_value_t = 50)]
+    pub rate_limit: u32,
+}
+
+impl HttpArgs {
+    /// A gateway configuration with these settings.
+    pub fn config(&self, nats_url: &str) -> GatewayConfig {
+        let mut config = GatewayConfig::new(nats_url, self.http_addr);
+        config.tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(certificate), Some(key)) => Some(TlsFiles { certificate: certificate.clone(), key: key.clone() }),
+            _ => None,
+        };
+        config.rate_limit = std::num::NonZeroU32::new(self.rate_limit).map(|per_second| limit::RateLimit {
+            per_second,
+            burst: per_second.saturating_mul(std::num::NonZeroU32::new(2).expect("2 is not 0")),
+        });
+        config.bootstrap_key = std::env::var("ARCA_BOOTSTRAP_KEY").ok().filter(|k| !k.is_empty());
+        config
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() { "https" } else { "http" }
     }
 }
 
@@ -87,8 +164,10 @@ impl Application {
             None => None,
         };
         let idempotency = idempotency::Idempotency::open(&bus).await?;
+        let tls = config.tls.as_ref().map(TlsFiles::server_config).transpose()?;
         let state = web::Data::new(AppState {
             idempotency,
+            limiter: config.rate_limit.map(limit::Limiter::new),
             bus,
             store,
             secrets,
@@ -110,15 +189,23 @@ impl Application {
                 .route("/healthz", web::get().to(healthz))
                 .route("/readyz", web::get().to(readyz))
                 .route("/metrics", web::get().to(metrics))
-                .route("/openapi.json", web::get().to(openapi))
+                .service(utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi()))
+                .route(
+                    "/docs",
+                    web::get().to(|| async {
+                        HttpResponse::PermanentRedirect().insert_header(("Location", "/docs/")).finish()
+                    }),
+                )
                 .configure(v1::configure)
                 .default_service(web::to(|| async {
                     Err::<HttpResponse, _>(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"))
                 }))
-        })
-        .listen(listener)?
-        .disable_signals()
-        .run();
+        });
+        let server = match tls {
+            Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+            None => server.listen(listener)?,
+        };
+        let server = server.disable_signals().run();
         Ok(Application { port, server, new_bootstrap_key })
     }
 
@@ -177,13 +264,18 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// The spec as committed in `openapi/openapi.json` (pretty JSON and a final newline).
-pub fn openapi_json() -> String {
+/// The spec the gateway serves on `/openapi.json` (and `/docs` shows).
+pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut spec = ApiDoc::openapi();
     spec.info.version = "1".into();
     spec.info.license = None;
     spec.info.contact = None;
-    spec.to_pretty_json().expect("the spec serialises") + "\n"
+    spec
+}
+
+/// The spec as committed in `openapi/openapi.json` (pretty JSON and a final newline).
+pub fn openapi_json() -> String {
+    openapi().to_pretty_json().expect("the spec serialises") + "\n"
 }
 
 /// One Prometheus recorder per process: a second gateway in the same process (tests, or
@@ -213,10 +305,6 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
-}
-
-async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().content_type("application/json").body(openapi_json())
 }
 
 fn json_error(error: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {

@@ -1,10 +1,9 @@
 //! `arca-gateway`: the HTTP API of the platform (see the library's docs).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use arca_api_gateway::{Application, GatewayConfig};
+use arca_api_gateway::{Application, HttpArgs};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -13,9 +12,8 @@ struct Args {
     /// NATS server of the platform
     #[arg(long, env = "ARCA_NATS_URL", default_value = "nats://127.0.0.1:4250")]
     nats: String,
-    /// Address to serve HTTP on
-    #[arg(long, env = "ARCA_HTTP_ADDR", default_value = "127.0.0.1:8080")]
-    http_addr: SocketAddr,
+    #[command(flatten)]
+    http: HttpArgs,
     /// The deployment's secret key file (seals target credentials)
     #[arg(long, env = "ARCA_SECRET_KEY_FILE")]
     secret_key_file: Option<PathBuf>,
@@ -33,8 +31,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = async_nats::rustls::crypto::ring::default_provider().install_default();
     let _telemetry = arca_telemetry::init("arca-gateway", "info")?;
-    let mut config = GatewayConfig::new(args.nats, args.http_addr);
-    config.bootstrap_key = std::env::var("ARCA_BOOTSTRAP_KEY").ok().filter(|k| !k.is_empty());
+    let mut config = args.http.config(&args.nats);
     if let Some(path) = &args.secret_key_file {
         config.server_key =
             Some(arca_worker::keys::ServerKey::load(path).with_context(|| format!("load {}", path.display()))?);

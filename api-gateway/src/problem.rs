@@ -37,15 +37,22 @@ pub struct ApiError {
     pub code: String,
     pub detail: String,
     pub field: Option<String>,
+    /// Seconds to wait before trying again (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { status, code: code.into(), detail: detail.into(), field: None }
+        Self { status, code: code.into(), detail: detail.into(), field: None, retry_after: None }
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
+        self
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
         self
     }
 
@@ -92,6 +99,9 @@ impl ResponseError for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             response.insert_header(("WWW-Authenticate", "Bearer"));
         }
+        if let Some(seconds) = self.retry_after {
+            response.insert_header(("Retry-After", seconds.to_string()));
+        }
         response.body(serde_json::to_string(&self.problem()).expect("problems serialise"))
     }
 }
@@ -111,7 +121,7 @@ impl From<DomainError> for ApiError {
             DomainError::Invalid { field, .. } => Some((*field).to_owned()),
             _ => None,
         };
-        ApiError { status, code: error.code().into(), detail: error.to_string(), field }
+        ApiError { status, code: error.code().into(), detail: error.to_string(), field, retry_after: None }
     }
 }
 

@@ -17,6 +17,8 @@ pub struct AppState {
     pub secrets: Option<SecretStore>,
     pub metrics: PrometheusHandle,
     pub idempotency: crate::idempotency::Idempotency,
+    /// Per-key request rate; `None`: unlimited.
+    pub limiter: Option<crate::limit::Limiter>,
     pub query_timeout: Duration,
 }
 

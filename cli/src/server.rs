@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use arca_api_gateway::{Application, GatewayConfig};
+use arca_api_gateway::{Application, HttpArgs};
 use arca_catalog::service::{Catalog, CatalogConfig};
 use arca_recovery::{Recovery, RecoveryConfig};
 use arca_scheduler::{Scheduler, SchedulerConfig};
@@ -52,9 +52,8 @@ pub struct ServerArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics
     #[arg(long, env = "ARCA_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
-    /// Serve the REST API (and its /metrics) on this address; port 0 picks a free one
-    #[arg(long, env = "ARCA_HTTP_ADDR", default_value = "127.0.0.1:8080")]
-    http_addr: std::net::SocketAddr,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 /// A nats-server child process, stopped when dropped.
@@ -106,14 +105,13 @@ pub fn run(args: ServerArgs) -> Result<u8> {
             .context("start the recovery service")?;
         let store = catalog.bus.event_store().await?;
         let _dead_letters = arca_bus::jobs::watch_dead_letters(store).await?;
-        let mut gateway = GatewayConfig::new(&nats_url, args.http_addr);
+        let mut gateway = args.http.config(&nats_url);
         gateway.server_key = Some(key);
-        gateway.bootstrap_key = std::env::var("ARCA_BOOTSTRAP_KEY").ok().filter(|k| !k.is_empty());
         let gateway = Application::build(gateway).await.context("start the API gateway")?;
         if let Some(key) = gateway.new_bootstrap_key() {
             eprintln!("arca server: bootstrap MSP admin API key (shown once, keep it safe): {key}");
         }
-        let api = format!("http://{}:{}", args.http_addr.ip(), gateway.port());
+        let api = format!("{}://{}:{}", args.http.scheme(), args.http.http_addr.ip(), gateway.port());
         eprintln!(
             "arca server: API {api}; NATS {nats_url}; catalog {database}; secret key {}; scheduler, transport, storage and recovery running. Ctrl-C stops.",
             key_path.display()

@@ -26,6 +26,11 @@ pub struct Answer {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// [`spawn_app`] with a say in the gateway's configuration (the base URL stays `http://`).
+pub async fn spawn_app_with(configure: impl FnOnce(&mut GatewayConfig)) -> TestApp {
     init_logging();
     // reqwest is built without a rustls provider in this workspace: pick ring, like the services.
     let _ = async_nats::rustls::crypto::ring::default_provider().install_default();
@@ -35,6 +40,7 @@ pub async fn spawn_app() -> TestApp {
     let mut config = GatewayConfig::new(&nats.url, "127.0.0.1:0".parse().unwrap());
     config.bootstrap_key = Some(BOOTSTRAP_KEY.into());
     config.json_limit = 16 * 1024;
+    configure(&mut config);
     let app = Application::build(config).await.expect("build the gateway");
     let base = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
