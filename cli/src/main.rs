@@ -2,6 +2,7 @@
 //! (the contract scripts rely on: `--repo`/`ARCA_REPO`, `ARCA_PASSWORD`/`--password-file`,
 //! `--json`, exit code 0 on success and non-zero with a one-line reason otherwise).
 
+mod api;
 mod control;
 mod copy;
 mod progress;
@@ -181,6 +182,43 @@ enum Command {
         connection: control::Connection,
         #[command(subcommand)]
         command: control::JobCommandArgs,
+    },
+    /// Save a profile for the REST API (URL and key) that the plural commands use
+    Login(api::LoginArgs),
+    /// Targets, through the REST API
+    Targets {
+        #[command(flatten)]
+        profile: api::ProfileArg,
+        #[command(subcommand)]
+        command: api::ListOnly,
+    },
+    /// Sources, through the REST API
+    Sources {
+        #[command(flatten)]
+        profile: api::ProfileArg,
+        #[command(subcommand)]
+        command: api::ListOnly,
+    },
+    /// Policies, through the REST API: list, run and follow
+    Policies {
+        #[command(flatten)]
+        profile: api::ProfileArg,
+        #[command(subcommand)]
+        command: api::PoliciesCommand,
+    },
+    /// Jobs, through the REST API: list, watch, cancel
+    Jobs {
+        #[command(flatten)]
+        profile: api::ProfileArg,
+        #[command(subcommand)]
+        command: api::JobsCommand,
+    },
+    /// Find a path across every snapshot, through the REST API (exit 1 when nothing is found)
+    Find {
+        #[command(flatten)]
+        profile: api::ProfileArg,
+        /// A path, a folder ending in `/`, or a glob
+        path: String,
     },
 }
 
@@ -408,6 +446,12 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Policy { connection, command } => control::policy(connection, command, g.json),
         Command::Snapshot { connection, command } => control::snapshot(connection, command, g.json),
         Command::Job { connection, command } => control::job(connection, command, g.json),
+        Command::Login(args) => api::login(args, g.json),
+        Command::Targets { profile, command: api::ListOnly::List } => api::list(&profile, "targets", g.json),
+        Command::Sources { profile, command: api::ListOnly::List } => api::list(&profile, "sources", g.json),
+        Command::Policies { profile, command } => api::policies(&profile, command, g.json),
+        Command::Jobs { profile, command } => api::jobs(&profile, command, g.json),
+        Command::Find { profile, path } => api::find(&profile, &path, g.json),
         Command::Catalog { command: CatalogCommand::Rebuild { nats, database } } => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let events = runtime.block_on(async {

@@ -270,7 +270,8 @@ fn catalog_query(nats: &str, query: &str, request: serde_json::Value) -> serde_j
 }
 
 /// The progress messages of `tenant`'s jobs, as they arrive.
-fn follow_progress(nats: &str, tenant: &str) -> std::sync::mpsc::Receiver<serde_json::Value> {
+/// Live progress of `tenant`'s jobs: (job id, reading).
+fn follow_progress(nats: &str, tenant: &str) -> std::sync::mpsc::Receiver<(String, serde_json::Value)> {
     let (sender, receiver) = std::sync::mpsc::channel();
     let (nats, subject) = (nats.to_owned(), format!("arca.progress.{tenant}.>"));
     let (ready, subscribed) = std::sync::mpsc::channel();
@@ -282,7 +283,8 @@ fn follow_progress(nats: &str, tenant: &str) -> std::sync::mpsc::Receiver<serde_
             client.flush().await.unwrap();
             ready.send(()).unwrap();
             while let Some(message) = messages.next().await {
-                if sender.send(serde_json::from_slice(&message.payload).unwrap()).is_err() {
+                let job = message.subject.rsplit('.').next().unwrap_or_default().to_owned();
+                if sender.send((job, serde_json::from_slice(&message.payload).unwrap())).is_err() {
                     return;
                 }
             }
@@ -348,8 +350,10 @@ fn a_scheduled_backup_is_copied_offsite_verified_incremental_and_restores_from_t
     let progress = follow_progress(&platform.nats.url, &tenant);
     let job = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
     let second = platform.wait_succeeded(&tenant, &job);
+    // (Other jobs of the tenant — the first run's copy, a verify — may report meanwhile.)
     let last = std::iter::from_fn(|| progress.recv_timeout(Duration::from_secs(10)).ok())
-        .find(|p| p["eta_seconds"] == 0)
+        .find(|(of, p)| *of == job && p["eta_seconds"] == 0)
+        .map(|(_, p)| p)
         .expect("the job's final progress was published");
     assert_eq!(last["files_done"], 1, "{last}");
     assert_eq!(last["bytes_done"], 31, "{last}");
@@ -1057,7 +1061,7 @@ fn a_backup_killed_mid_upload_resumes_on_another_worker_reusing_the_indexed_pack
     let job = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
     // Killed once the first index file (eight 16 MiB packs) must be written.
     let killed_at = loop {
-        let reading = progress.recv_timeout(Duration::from_secs(60)).expect("the backup reports progress");
+        let (_, reading) = progress.recv_timeout(Duration::from_secs(60)).expect("the backup reports progress");
         let done = reading["bytes_done"].as_u64().unwrap_or(0);
         assert_ne!(reading["eta_seconds"], 0, "the backup finished before it could be killed: {reading}");
         if done >= 240 << 20 {
@@ -1148,4 +1152,91 @@ fn a_backup_cancelled_through_the_api_stops_and_commits_no_snapshot() {
     let next = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
     let next = platform.wait_succeeded(&tenant, &next);
     assert!(next["snapshot"].is_string(), "{next}");
+}
+
+/// `arca` as a client of `arca server`'s REST API: log in (a bad key is refused and saves
+/// nothing), run a policy and follow it to its end, list, find the backed-up file, watch an
+/// ended job; scripts get JSON and exit codes.
+#[test]
+fn the_cli_logs_in_runs_a_policy_through_the_api_and_finds_its_files() {
+    let work = tempfile::tempdir().unwrap();
+    let (source_dir, repo) = (work.path().join("src"), work.path().join("repo"));
+    make_source(&source_dir);
+    let platform = Platform::new().all_in_one();
+    let [tenant, _, _, policy] = define(&platform, &source_dir, &repo, &[], &["--every", "3600"]);
+    let api = platform.api();
+    let config = work.path().join("config");
+    let arca = |args: &[&str]| {
+        Command::new(binary("arca"))
+            .args(args)
+            .env("ARCA_CONFIG_DIR", &config)
+            .env_remove("ARCA_PROFILE")
+            .output()
+            .unwrap()
+    };
+    let text = |out: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+
+    // (503 until the catalog answers.)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let refused = arca(&["login", "--url", &api, "--key", "arca_not_a_key_at_all_0000"]);
+        if !text(&refused).contains("HTTP 503") || Instant::now() > deadline {
+            break refused;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(text(&refused).contains("unauthorized"), "{}", text(&refused));
+    assert!(!config.join("profiles.toml").exists(), "a refused login saves nothing");
+    let no_profile = arca(&["jobs", "list"]);
+    assert_eq!(no_profile.status.code(), Some(1));
+    assert!(text(&no_profile).contains("arca login"), "{}", text(&no_profile));
+
+    // The catalog may not have the bootstrap key yet: log in until it does.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let login = arca(&["login", "--url", &api, "--key", API_KEY, "--tenant", &tenant]);
+        if login.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", text(&login));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(config.join("profiles.toml")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the profile holds a key: owner only");
+
+    let run = arca(&["policies", "run", &policy]);
+    assert_eq!(run.status.code(), Some(0), "{}\n{}", text(&run), platform.log("server"));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("succeeded: snapshot "), "{}", text(&run));
+    let jobs = arca(&["--json", "jobs", "list"]);
+    assert!(jobs.status.success(), "{}", text(&jobs));
+    let listed: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&jobs.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let backup = listed.iter().find(|j| j["kind"] == "backup").expect("the backup is listed");
+    assert_eq!(backup["status"], "succeeded");
+    let job = backup["id"].as_str().unwrap();
+    let watched = arca(&["jobs", "watch", job]);
+    assert_eq!(watched.status.code(), Some(0), "{}", text(&watched));
+
+    // The file index catches up with the snapshot.
+    let wanted = source_dir.join("a/two.txt").display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = arca(&["find", &wanted]);
+        if found.status.success() {
+            assert!(String::from_utf8_lossy(&found.stdout).contains("in 1 snapshot(s)"), "{}", text(&found));
+            break;
+        }
+        assert_eq!(found.status.code(), Some(1), "{}", text(&found));
+        assert!(Instant::now() < deadline, "never found {wanted}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let nothing = arca(&["find", "/no/such/file"]);
+    assert_eq!(nothing.status.code(), Some(1));
+    let cancel = arca(&["jobs", "cancel", job]);
+    assert_eq!(cancel.status.code(), Some(1), "an ended job cannot be cancelled: {}", text(&cancel));
+    assert!(text(&cancel).contains("HTTP 409"), "{}", text(&cancel));
 }
