@@ -136,3 +136,29 @@ async fn objects_carry_an_etag_and_a_stale_if_match_is_412() {
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     let _ = BOOTSTRAP_KEY;
 }
+
+#[tokio::test]
+async fn an_expired_key_is_401_and_paths_that_are_not_ids_are_400() {
+    let app = spawn_app().await;
+    let (tenant, admin) = app.tenant_with_key("expiry", "tenant_admin").await;
+    let expires_at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let created = app
+        .create(
+            &format!("/v1/tenants/{tenant}/api-keys"),
+            &admin,
+            json!({ "name": "short", "role": "viewer", "expires_at": expires_at }),
+        )
+        .await;
+    let key = created["key"].as_str().unwrap().to_owned();
+    app.eventually(Method::GET, "/v1/jobs", Some(&key), None, |a| a.status == StatusCode::OK).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let expired = app.request(Method::GET, "/v1/jobs", Some(&key), None).await;
+    assert_problem(&expired, StatusCode::UNAUTHORIZED, "unauthorized");
+    assert!(expired.body["detail"].as_str().unwrap().contains("expired"), "{expired:?}");
+
+    for path in ["/v1/jobs/not-an-id", "/v1/policies/42/run", "/v1/snapshots/%00/tree"] {
+        let method = if path.ends_with("/run") { Method::POST } else { Method::GET };
+        let answer = app.request(method, path, Some(&admin), None).await;
+        assert_problem(&answer, StatusCode::BAD_REQUEST, "invalid_path");
+    }
+}
