@@ -91,8 +91,10 @@ pub struct Page {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Rows per page (1 to 500, default 50).
+    #[param(minimum = 1, maximum = 500, example = 50)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     pub cursor: Option<String>,
     /// The tenant (MSP admin keys only; a tenant key is always its own tenant).
     pub tenant: Option<Uuid>,
@@ -113,6 +115,22 @@ pub struct Created {
     pub id: Uuid,
 }
 
+/// The most rows one page holds (the catalog's own maximum).
+pub const MAX_PAGE_LIMIT: u32 = 500;
+
+/// `limit` as the spec allows it: 1 to [`MAX_PAGE_LIMIT`] (the catalog would clamp anything
+/// else; refusing it tells the caller their page is not the size they asked for).
+fn page_limit(limit: Option<u32>) -> Result<Option<u32>> {
+    match limit {
+        Some(rows) if !(1..=MAX_PAGE_LIMIT).contains(&rows) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("`limit` is {rows}; a page holds 1 to {MAX_PAGE_LIMIT} rows"),
+        )
+        .with_field("limit")),
+        _ => Ok(limit),
+    }
+}
+
 /// A page of catalog query `<name>.list`, with the resource's `filter` fields.
 async fn list(
     state: &AppState,
@@ -121,7 +139,7 @@ async fn list(
     page: &ListParams,
     mut filter: Value,
 ) -> Result<HttpResponse> {
-    filter["limit"] = json!(page.limit);
+    filter["limit"] = json!(page_limit(page.limit)?);
     filter["cursor"] = json!(page.cursor);
     if let Some(auth) = auth {
         filter["tenant"] = json!(auth.tenant);
@@ -148,9 +166,12 @@ fn created(id: impl Into<Uuid>) -> HttpResponse {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({ "name": "Acme Corp", "quota_bytes": 1_099_511_627_776_u64 })))]
 pub struct CreateTenant {
+    #[schema(min_length = 1)]
     pub name: String,
     /// Stored bytes allowed across the tenant's repositories; none is unlimited.
+    #[schema(minimum = 1, format = "uint64")]
     pub quota_bytes: Option<u64>,
 }
 
@@ -196,7 +217,9 @@ impl From<TenantRole> for Role {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({ "name": "nightly scripts", "role": "operator", "expires_at": "2030-01-01T00:00:00Z" })))]
 pub struct CreateApiKey {
+    #[schema(min_length = 1)]
     pub name: String,
     pub role: TenantRole,
     /// RFC 3339; none never expires.
@@ -252,9 +275,19 @@ pub struct Credentials {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(
+    json!({ "name": "primary", "location": "fs:///srv/backup/acme" }),
+    json!({
+        "name": "offsite", "location": "s3://acme-backups/arca",
+        "settings": { "endpoint": "https://s3.example.com", "region": "eu-central-1" },
+        "credentials": { "access_key_id": "AKIAEXAMPLE", "secret_access_key": "example-secret" }
+    })
+))]
 pub struct CreateTarget {
+    #[schema(min_length = 1)]
     pub name: String,
     /// `fs:///abs/path`, `s3://bucket/prefix` or `azblob://container/prefix`.
+    #[schema(pattern = "^(fs|s3|azblob)://")]
     pub location: String,
     /// Non-secret settings: `endpoint`, `region`, `account_name`.
     #[serde(default)]
@@ -337,7 +370,12 @@ pub enum SourceKindBody {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({
+    "name": "documents", "kind": "files", "paths": ["/home", "/etc"], "excludes": ["/home/*/.cache"],
+    "pre_hook": "app quiesce", "post_hook": "app resume"
+})))]
 pub struct CreateSource {
+    #[schema(min_length = 1)]
     pub name: String,
     #[serde(default)]
     pub kind: SourceKindBody,
@@ -392,8 +430,11 @@ pub async fn list_sources(auth: Authorized, state: Data, page: web::Query<ListPa
 pub enum ScheduleBody {
     /// A cron expression (5 or 6 fields) in an IANA time zone (default UTC).
     Cron { expression: String, timezone: Option<String> },
-    /// Every `seconds` seconds (at least 60).
-    Interval { seconds: u64 },
+    /// Every `seconds` seconds: a minute to 366 days.
+    Interval {
+        #[schema(minimum = 60, maximum = 31_622_400)]
+        seconds: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema)]
@@ -417,17 +458,32 @@ pub enum ModeBody {
 #[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionBody {
+    #[schema(minimum = 1, maximum = 4_294_967_295_u32, format = "uint32")]
     pub keep_last: Option<u32>,
+    #[schema(minimum = 1, maximum = 4_294_967_295_u32, format = "uint32")]
     pub keep_hourly: Option<u32>,
+    #[schema(minimum = 1, maximum = 4_294_967_295_u32, format = "uint32")]
     pub keep_daily: Option<u32>,
+    #[schema(minimum = 1, maximum = 4_294_967_295_u32, format = "uint32")]
     pub keep_weekly: Option<u32>,
+    #[schema(minimum = 1, maximum = 4_294_967_295_u32, format = "uint32")]
     pub keep_monthly: Option<u32>,
+    #[schema(minimum = 1, maximum = 4_294_967_295_u32, format = "uint32")]
     pub keep_yearly: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({
+    "name": "nightly",
+    "source": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+    "target": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c",
+    "schedule": { "type": "cron", "expression": "0 2 * * *", "timezone": "Europe/Berlin" },
+    "retention": { "keep_daily": 7, "keep_weekly": 4 },
+    "verify_every_seconds": 86400
+})))]
 pub struct CreatePolicy {
+    #[schema(min_length = 1)]
     pub name: String,
     pub source: Uuid,
     pub target: Uuid,
@@ -441,7 +497,8 @@ pub struct CreatePolicy {
     /// Copy each backup to these targets too.
     #[serde(default)]
     pub copy_targets: Vec<Uuid>,
-    /// Verify the target every this many seconds.
+    /// Verify the target every this many seconds: a minute to 366 days.
+    #[schema(minimum = 60, maximum = 31_622_400)]
     pub verify_every_seconds: Option<u64>,
 }
 

@@ -17,7 +17,7 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{Data, ListParams, Page, Result, StartedJob, TenantParams, get, list};
+use super::{Data, ListParams, Page, Result, StartedJob, TenantParams, get, list, page_limit};
 use crate::auth::Authorized;
 use crate::observe::command_metadata;
 use crate::problem::{ApiError, Problem};
@@ -77,7 +77,11 @@ pub async fn get_tenant(auth: Authorized, state: Data, _tenant: web::Path<Uuid>)
 pub struct TreeParams {
     /// The folder (default: the top).
     pub path: Option<String>,
+    /// Rows per page (1 to 500, default 50).
+    #[param(minimum = 1, maximum = 500, example = 50)]
     pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     pub cursor: Option<String>,
     pub tenant: Option<Uuid>,
 }
@@ -98,7 +102,7 @@ pub async fn snapshot_tree(
         "tenant": auth.tenant,
         "snapshot": id.into_inner(),
         "path": query.path.unwrap_or_default(),
-        "limit": query.limit,
+        "limit": page_limit(query.limit)?,
         "cursor": query.cursor,
     });
     let page: Page = state.catalog("files.list", request).await?;
@@ -107,6 +111,7 @@ pub async fn snapshot_tree(
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({ "until": "2030-01-01T00:00:00Z" })))]
 pub struct LockSnapshot {
     /// Kept by every forget and prune until then (RFC 3339); a later date extends a lock.
     #[schema(value_type = String, format = DateTime)]
@@ -185,10 +190,15 @@ pub async fn forget_snapshot(
 pub struct FileSearchParams {
     /// A path (`/home/ann/report.pdf`), a folder (`/home/ann/`: everything below it) or a glob
     /// (`/home/*/report.pdf`, `**/*.pdf`).
+    #[param(min_length = 1)]
     pub path: String,
     /// Only this source's snapshots.
     pub source: Option<Uuid>,
+    /// Rows per page (1 to 500, default 50).
+    #[param(minimum = 1, maximum = 500, example = 50)]
     pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     pub cursor: Option<String>,
     pub tenant: Option<Uuid>,
 }
@@ -203,7 +213,7 @@ pub async fn search_files(auth: Authorized, state: Data, query: web::Query<FileS
         "tenant": auth.tenant,
         "path": query.path,
         "series": query.source,
-        "limit": query.limit,
+        "limit": page_limit(query.limit)?,
         "cursor": query.cursor,
     });
     let page: Page = state.catalog("files.search", request).await?;
@@ -240,14 +250,34 @@ pub async fn usage(auth: Authorized, state: Data, _tenant: web::Query<TenantPara
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AuditParams {
-    /// Only one kind of object: `tenant`, `api_key`, `target`, `source`, `policy`, `job`,
-    /// `snapshot`, `restore`, `replica`.
+    /// Only one kind of object.
+    #[param(value_type = Option<AuditKind>, inline)]
     pub aggregate_type: Option<String>,
     /// Only one object's history.
     pub aggregate_id: Option<Uuid>,
+    /// Rows per page (1 to 500, default 50).
+    #[param(minimum = 1, maximum = 500, example = 50)]
     pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     pub cursor: Option<String>,
     pub tenant: Option<Uuid>,
+}
+
+/// A kind of object, as the audit trail names it.
+// Every `arca_events::AggregateType` (a test below keeps the two the same).
+#[derive(Clone, Copy, Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditKind {
+    Tenant,
+    ApiKey,
+    Target,
+    Source,
+    Policy,
+    Job,
+    Snapshot,
+    Restore,
+    Replica,
 }
 
 /// The tenant's audit trail: every change, newest first, with who caused it.
@@ -297,4 +327,19 @@ pub async fn revoke_api_key(
     let command = ApiKeyCommand::Revoke { reason: Some(format!("revoked through the API by key {}", auth.key)) };
     state.store.execute_expecting::<ApiKey>(auth.tenant, id, &command, &command_metadata(), if_match(&req)?).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spec_lists_every_kind_of_object_the_audit_trail_takes() {
+        let schema = serde_json::to_value(<AuditKind as utoipa::PartialSchema>::schema()).unwrap();
+        let mut listed: Vec<&str> = schema["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let mut kinds: Vec<&str> = arca_events::AggregateType::ALL.iter().map(|kind| kind.as_str()).collect();
+        listed.sort_unstable();
+        kinds.sort_unstable();
+        assert_eq!(listed, kinds);
+    }
 }

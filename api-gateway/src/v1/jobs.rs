@@ -51,7 +51,8 @@ pub async fn cancel_job(
 /// comment line every 15 s to keep proxies from closing the stream.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
     params(("id" = Uuid, Path, description = "The job"), TenantParams),
-    responses((status = 200, content_type = "text/event-stream", body = String),
+    responses((status = 200, content_type = "text/event-stream", body = JobStreamEvent,
+            description = "A stream of Server-Sent Events, each one as `JobStreamEvent` describes it"),
         (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("api_key" = [])))]
 pub async fn job_events(
@@ -119,6 +120,28 @@ pub async fn job_events(
     Ok(sse.streaming(body))
 }
 
+/// One Server-Sent Event of a job's stream, as it is framed (`event: …`, `data: …`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobStreamEvent {
+    pub event: JobStreamEventKind,
+    /// A JSON object. `state`: the job's `status`, `attempt`, `worker`, `error`, `snapshot` and
+    /// the `event` that changed it (`null` in the first); `progress`: bytes, files, rate, ETA;
+    /// `end`: the final `status`.
+    pub data: String,
+}
+
+/// What a job stream's event tells.
+#[derive(Clone, Copy, Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStreamEventKind {
+    /// The job's state: first the current one, then at each change.
+    State,
+    /// How far a running job is.
+    Progress,
+    /// The job has ended; the stream closes.
+    End,
+}
+
 enum Item {
     Beat,
     Progress(Bytes),
@@ -154,6 +177,14 @@ pub enum RestoreTo {
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(
+    json!({
+        "snapshot": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+        "paths": ["/home/ann/**"],
+        "to": { "type": "directory", "path": "/srv/restore" }
+    }),
+    json!({ "snapshot": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "to": { "type": "target", "target": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c" } })
+))]
 pub struct CreateRestore {
     pub snapshot: Uuid,
     /// Only these paths (globs allowed); none restores everything.

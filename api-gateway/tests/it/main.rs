@@ -7,3 +7,4 @@ mod helpers;
 mod isolation;
 mod jobs;
 mod openapi;
+mod schemathesis;
