@@ -13,7 +13,7 @@ TEST_FLAGS ?= --workspace
 # Only for the local demo repository of `make run`; use your own for real data.
 ARCA_PASSWORD ?= arca-dev-password
 
-.PHONY: run build test lint fmt bench bench-data bench-control-plane bench-services openapi
+.PHONY: run build test lint fmt bench bench-data bench-control-plane bench-services bench-api openapi
 
 # The platform on one machine: `arca server` starts its own nats-server (JetStream, store in
 # ./var/nats, port 4250), the catalog on SQLite (./var/catalog.db) and the scheduler. A demo
@@ -57,7 +57,7 @@ fmt:
 	cargo fmt --all
 
 # The benchmarks; each prints a Markdown table (copy the figures to BENCHMARKS.md).
-bench: bench-data bench-control-plane bench-services
+bench: bench-data bench-control-plane bench-services bench-api
 
 # The data path against restic (loadtests/bench.sh --help).
 bench-data:
@@ -68,6 +68,13 @@ bench-data:
 bench-control-plane:
 	infra/dev/ensure-tools.sh >/dev/null
 	cargo run --release -q -p arca-loadtests --bin bench-control-plane
+
+# The API gateway against a plain actix-web handler: the snapshot list of a tenant with 10,000
+# snapshots (rate as a share of hello; p99 at 500 requests/s) and run-now, on SQLite and the
+# local PostgreSQL (`bench-api --help`; BENCH_API_FLAGS="--database sqlite" skips PostgreSQL).
+bench-api:
+	infra/dev/ensure-tools.sh >/dev/null
+	cargo run --release -q -p arca-loadtests --bin bench-api -- $(BENCH_API_FLAGS)
 
 # The services against the engine CLI: first-backup throughput through `arca server`, schedule →
 # start latency of policies firing together, RSS idle and during a backup
