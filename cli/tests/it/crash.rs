@@ -60,11 +60,13 @@ fn killed_backups_leave_a_valid_repository(backend: Backend) {
     }
     // One more run killed only once it has indexed packs, so the last backup has something to
     // reuse however the random delays fell on a loaded machine.
-    let indexes = || env.repo_backend().list(arca_repo::repository::paths::INDEX).unwrap().len();
+    let backend = env.repo_backend();
+    let indexes = || backend.list(arca_repo::repository::paths::INDEX).unwrap().len();
     let before = indexes();
     let mut child = env.cmd().args(["backup", "--json", src.to_str().unwrap()]).spawn().unwrap();
+    // Not too often: on S3 every poll is a request to the same server the backup writes to.
     while indexes() == before && child.try_wait().unwrap().is_none() {
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let _ = child.kill();
     child.wait().unwrap();

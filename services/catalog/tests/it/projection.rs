@@ -15,7 +15,7 @@ crate::on_both_backends!(
     redelivered_and_overlapping_batches_apply_each_event_once,
     bad_events_are_recorded_and_skipped,
     batch_sizes_and_rebuilds_give_identical_tables,
-    projection_is_fast_enough,
+    large_batches_of_a_mixed_history_are_all_projected,
 );
 
 async fn a_history_projects_to_the_expected_rows(backend: Backend) {
@@ -310,10 +310,9 @@ async fn batch_sizes_and_rebuilds_give_identical_tables(backend: Backend) {
     assert_eq!(dump(&rebuild).await, expected, "a rebuild into a fresh database");
 }
 
-/// Targets: 10,000 events/s on SQLite and 5,000/s on PostgreSQL in release builds. A debug build
-/// of this crate is several times slower, so the test only catches pathological slowness; run it
-/// with `--release -- --nocapture` to see the real rate.
-async fn projection_is_fast_enough(backend: Backend) {
+/// Batches of 500 mixed events all land (the rate is printed; `--release -- --nocapture` shows
+/// the real one, `make bench-control-plane` measures it).
+async fn large_batches_of_a_mixed_history_are_all_projected(backend: Backend) {
     let db = test_db(backend).await;
     let (history, _) = mixed_history(20, 40);
     let events = history.raw();
@@ -325,6 +324,7 @@ async fn projection_is_fast_enough(backend: Backend) {
     let elapsed = started.elapsed();
     let rate = events.len() as f64 / elapsed.as_secs_f64();
     eprintln!("{backend:?}: projected {} events in batches of 500 in {elapsed:?}: {rate:.0} events/s", events.len());
+    // The rate is printed, not asserted: speed lives in `make bench-control-plane`, and a
+    // shared CI machine is no place for a timed assertion.
     assert_eq!(audit_events::Entity::find().count(&*db).await.unwrap(), events.len() as u64);
-    assert!(rate > 1_000.0, "{backend:?}: {rate:.0} events/s");
 }
