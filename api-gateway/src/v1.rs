@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use arca_domain::Lifecycle;
 use arca_domain::api_key::{ApiKey, ApiKeyCommand};
 use arca_domain::job::JobCommand;
@@ -35,42 +35,64 @@ use crate::state::AppState;
 pub mod data;
 pub mod jobs;
 
-/// The routes of `/v1`.
+/// A resource with one route per `method => handler`, answering any other method with 405.
+/// (Defined before [`configure`], which uses it: `macro_rules!` scope is textual.)
+macro_rules! resource {
+    ($path:literal, $($method:ident => $handler:expr),+ $(,)?) => {
+        web::resource($path)
+            $(.route(web::$method().to($handler)))+
+            .default_service(method_not_allowed(&[$(stringify!($method)),+]))
+    };
+}
+
+/// 405 with `Allow: <methods>` (given in lower case, as the route builders are named).
+fn method_not_allowed(methods: &[&str]) -> actix_web::Route {
+    let allow = methods.iter().map(|m| m.to_ascii_uppercase()).collect::<Vec<_>>().join(", ");
+    web::to(move || {
+        let allow = allow.clone();
+        async move {
+            let detail = format!("this route takes {allow}");
+            let mut response =
+                ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", detail).error_response();
+            let value = actix_web::http::header::HeaderValue::from_str(&allow).expect("method names are header-safe");
+            response.headers_mut().insert(actix_web::http::header::ALLOW, value);
+            response
+        }
+    })
+}
+
+/// The routes of `/v1`: one resource per path, so a method the path does not take is 405
+/// with `Allow` (after authentication: the access table closes unknown methods to all but
+/// MSP admins).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v1")
             .wrap(actix_web::middleware::from_fn(crate::auth::authenticate))
-            .route("/tenants", web::post().to(create_tenant))
-            .route("/tenants", web::get().to(list_tenants))
-            .route("/tenants/{tenant}", web::get().to(data::get_tenant))
-            .route("/tenants/{tenant}/api-keys", web::post().to(create_api_key))
-            .route("/tenants/{tenant}/api-keys", web::get().to(data::list_api_keys))
-            .route("/tenants/{tenant}/api-keys/{id}", web::delete().to(data::revoke_api_key))
-            .route("/targets", web::post().to(create_target))
-            .route("/targets", web::get().to(list_targets))
-            .route("/targets/{id}", web::get().to(data::get_target))
-            .route("/sources", web::post().to(create_source))
-            .route("/sources", web::get().to(list_sources))
-            .route("/sources/{id}", web::get().to(data::get_source))
-            .route("/policies", web::post().to(create_policy))
-            .route("/policies", web::get().to(list_policies))
-            .route("/policies/{id}", web::get().to(data::get_policy))
-            .route("/policies/{id}/run", web::post().to(run_policy))
-            .route("/jobs", web::get().to(list_jobs))
-            .route("/jobs/{id}", web::get().to(get_job))
-            .route("/jobs/{id}/cancel", web::post().to(jobs::cancel_job))
-            .route("/jobs/{id}/events", web::get().to(jobs::job_events))
-            .route("/snapshots", web::get().to(list_snapshots))
-            .route("/snapshots/{id}", web::get().to(data::get_snapshot))
-            .route("/snapshots/{id}/tree", web::get().to(data::snapshot_tree))
-            .route("/snapshots/{id}/lock", web::post().to(data::lock_snapshot))
-            .route("/snapshots/{id}/forget", web::post().to(data::forget_snapshot))
-            .route("/restores", web::post().to(jobs::create_restore))
-            .route("/restores", web::get().to(jobs::list_restores))
-            .route("/restores/{id}", web::get().to(jobs::get_restore))
-            .route("/files", web::get().to(data::search_files))
-            .route("/usage", web::get().to(data::usage))
-            .route("/audit", web::get().to(data::audit)),
+            .service(resource!("/tenants", post => create_tenant, get => list_tenants))
+            .service(resource!("/tenants/{tenant}", get => data::get_tenant))
+            .service(resource!("/tenants/{tenant}/api-keys", post => create_api_key, get => data::list_api_keys))
+            .service(resource!("/tenants/{tenant}/api-keys/{id}", delete => data::revoke_api_key))
+            .service(resource!("/targets", post => create_target, get => list_targets))
+            .service(resource!("/targets/{id}", get => data::get_target))
+            .service(resource!("/sources", post => create_source, get => list_sources))
+            .service(resource!("/sources/{id}", get => data::get_source))
+            .service(resource!("/policies", post => create_policy, get => list_policies))
+            .service(resource!("/policies/{id}", get => data::get_policy))
+            .service(resource!("/policies/{id}/run", post => run_policy))
+            .service(resource!("/jobs", get => list_jobs))
+            .service(resource!("/jobs/{id}", get => get_job))
+            .service(resource!("/jobs/{id}/cancel", post => jobs::cancel_job))
+            .service(resource!("/jobs/{id}/events", get => jobs::job_events))
+            .service(resource!("/snapshots", get => list_snapshots))
+            .service(resource!("/snapshots/{id}", get => data::get_snapshot))
+            .service(resource!("/snapshots/{id}/tree", get => data::snapshot_tree))
+            .service(resource!("/snapshots/{id}/lock", post => data::lock_snapshot))
+            .service(resource!("/snapshots/{id}/forget", post => data::forget_snapshot))
+            .service(resource!("/restores", post => jobs::create_restore, get => jobs::list_restores))
+            .service(resource!("/restores/{id}", get => jobs::get_restore))
+            .service(resource!("/files", get => data::search_files))
+            .service(resource!("/usage", get => data::usage))
+            .service(resource!("/audit", get => data::audit)),
     );
 }
 

@@ -102,7 +102,7 @@ async fn run_schemathesis(
             "--checks",
             "not_a_server_error,status_code_conformance,content_type_conformance,\
              response_headers_conformance,response_schema_conformance,negative_data_rejection,\
-             missing_required_header,ignored_auth",
+             missing_required_header,ignored_auth,unsupported_method,allow_header_conformance",
         ])
         .args(["--max-examples", &MAX_EXAMPLES.to_string()])
         .args(["--seed", &seed.to_string()])
