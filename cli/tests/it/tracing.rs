@@ -151,7 +151,20 @@ fn spans_of_the_gateway_scheduler_transport_and_storage_share_one_trace() {
         wait_succeeded(&store, tenant, forget).await;
     });
 
-    let spans = exporter.get_finished_spans().unwrap();
+    // A job's span ends (and is exported) just after its success is recorded: wait for the
+    // last follow-up's span of each trace.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let spans = loop {
+        let spans = exporter.get_finished_spans().unwrap();
+        let forgets = spans
+            .iter()
+            .filter(|s| s.name == "job" && s.attributes.iter().any(|kv| kv.value.to_string() == "forget"))
+            .count();
+        if forgets >= 2 || Instant::now() > deadline {
+            break spans;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let fire = spans.iter().find(|s| s.name == "fire").expect("the scheduler's firing span");
     let trace = fire.span_context.trace_id();
     let job_kinds: Vec<String> = spans
