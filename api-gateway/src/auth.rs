@@ -64,9 +64,12 @@ pub fn access_rule(method: &Method, pattern: &str) -> AccessRule {
         ("POST", "/v1/policies/{id}/run" | "/v1/jobs/{id}/cancel" | "/v1/restores" | "/v1/snapshots/{id}/lock") => {
             tenant(Role::Operator)
         }
-        ("POST", "/v1/targets" | "/v1/sources" | "/v1/policies" | "/v1/snapshots/{id}/forget") => {
-            tenant(Role::TenantAdmin)
-        }
+        // Data out of a snapshot is a restore by other means.
+        ("POST", "/v1/exports" | "/v1/replicas/{id}/failover" | "/v1/replicas/{id}/failback")
+        | ("DELETE", "/v1/exports/{id}")
+        | ("GET", "/v1/snapshots/{id}/content" | "/v1/snapshots/{id}/archive") => tenant(Role::Operator),
+        ("POST", "/v1/targets" | "/v1/sources" | "/v1/policies" | "/v1/snapshots/{id}/forget" | "/v1/replicas")
+        | ("DELETE", "/v1/replicas/{id}") => tenant(Role::TenantAdmin),
         (
             "GET",
             "/v1/targets"
@@ -83,6 +86,9 @@ pub fn access_rule(method: &Method, pattern: &str) -> AccessRule {
             | "/v1/snapshots/{id}/tree"
             | "/v1/restores"
             | "/v1/restores/{id}"
+            | "/v1/exports/{id}"
+            | "/v1/replicas"
+            | "/v1/replicas/{id}"
             | "/v1/files"
             | "/v1/usage"
             | "/v1/audit",

@@ -163,6 +163,10 @@ impl Application {
             Some(key) => Some(SecretStore::open(&bus, &key.secret_store_key()).await?),
             None => None,
         };
+        let targets = match (&secrets, &config.server_key) {
+            (Some(secrets), Some(key)) => Some(arca_worker::Targets::new(store.clone(), secrets.clone(), key.clone())),
+            _ => None,
+        };
         let idempotency = idempotency::Idempotency::open(&bus).await?;
         let tls = config.tls.as_ref().map(TlsFiles::server_config).transpose()?;
         let state = web::Data::new(AppState {
@@ -171,6 +175,7 @@ impl Application {
             bus,
             store,
             secrets,
+            targets,
             metrics: metrics_handle(),
             query_timeout: config.query_timeout,
         });
@@ -237,7 +242,7 @@ impl Application {
 /// The OpenAPI document of the gateway.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Arca API", description = "Multi-tenant backup platform: tenants, keys, targets, sources, policies, jobs, snapshots, restores, file search, usage, audit"),
+    info(title = "Arca API", description = "Multi-tenant backup platform: tenants, keys, targets, sources, policies, jobs, snapshots, restores, replicas, NBD exports and file downloads, file search, usage, audit"),
     paths(
         v1::create_tenant, v1::list_tenants, v1::create_api_key,
         v1::create_target, v1::list_targets, v1::create_source, v1::list_sources,
@@ -248,6 +253,10 @@ impl Application {
         v1::jobs::cancel_job, v1::jobs::job_events,
         v1::data::get_snapshot, v1::data::snapshot_tree, v1::data::lock_snapshot, v1::data::forget_snapshot,
         v1::jobs::create_restore, v1::jobs::list_restores, v1::jobs::get_restore,
+        v1::replicas::create_replica, v1::replicas::list_replicas, v1::replicas::get_replica,
+        v1::replicas::fail_over, v1::replicas::fail_back, v1::replicas::delete_replica,
+        v1::recovery::create_export, v1::recovery::get_export, v1::recovery::stop_export,
+        v1::recovery::file_content, v1::recovery::folder_archive,
         v1::data::search_files, v1::data::usage, v1::data::audit,
     ),
     modifiers(&BearerAuth),

@@ -15,6 +15,8 @@ pub struct AppState {
     pub store: EventStore,
     /// Seals target credentials; `None` when the gateway has no server key.
     pub secrets: Option<SecretStore>,
+    /// Opens tenants' repositories (file downloads); `None` when the gateway has no server key.
+    pub targets: Option<arca_worker::Targets>,
     pub metrics: PrometheusHandle,
     pub idempotency: crate::idempotency::Idempotency,
     /// Per-key request rate; `None`: unlimited.

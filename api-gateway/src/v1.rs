@@ -34,6 +34,8 @@ use crate::state::AppState;
 
 pub mod data;
 pub mod jobs;
+pub mod recovery;
+pub mod replicas;
 
 /// A resource with one route per `method => handler`, answering any other method with 405.
 /// (Defined before [`configure`], which uses it: `macro_rules!` scope is textual.)
@@ -90,6 +92,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(resource!("/snapshots/{id}/forget", post => data::forget_snapshot))
             .service(resource!("/restores", post => jobs::create_restore, get => jobs::list_restores))
             .service(resource!("/restores/{id}", get => jobs::get_restore))
+            .service(resource!("/replicas", post => replicas::create_replica, get => replicas::list_replicas))
+            .service(resource!("/replicas/{id}", get => replicas::get_replica, delete => replicas::delete_replica))
+            .service(resource!("/replicas/{id}/failover", post => replicas::fail_over))
+            .service(resource!("/replicas/{id}/failback", post => replicas::fail_back))
+            .service(resource!("/exports", post => recovery::create_export))
+            .service(resource!("/exports/{id}", get => recovery::get_export, delete => recovery::stop_export))
+            .service(resource!("/snapshots/{id}/content", get => recovery::file_content))
+            .service(resource!("/snapshots/{id}/archive", get => recovery::folder_archive))
             .service(resource!("/files", get => data::search_files))
             .service(resource!("/usage", get => data::usage))
             .service(resource!("/audit", get => data::audit)),

@@ -52,6 +52,9 @@ pub struct ServerArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics
     #[arg(long, env = "ARCA_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve instant-recovery NBD exports on this address; port 0 picks a free one
+    #[arg(long, env = "ARCA_NBD_ADDR", default_value = "127.0.0.1:10809")]
+    nbd_addr: std::net::SocketAddr,
     #[command(flatten)]
     http: HttpArgs,
 }
@@ -100,7 +103,9 @@ pub fn run(args: ServerArgs) -> Result<u8> {
         let storage = Storage::build(StorageConfig { worker: worker.clone(), ..StorageConfig::new(&nats_url, key.clone()) })
             .await
             .context("start the storage service")?;
-        let recovery = Recovery::build(RecoveryConfig { worker, ..RecoveryConfig::new(&nats_url, key.clone()) })
+        let recovery_config =
+            RecoveryConfig { worker, nbd_addr: Some(args.nbd_addr), ..RecoveryConfig::new(&nats_url, key.clone()) };
+        let recovery = Recovery::build(recovery_config)
             .await
             .context("start the recovery service")?;
         let store = catalog.bus.event_store().await?;
@@ -112,8 +117,9 @@ pub fn run(args: ServerArgs) -> Result<u8> {
             eprintln!("arca server: bootstrap MSP admin API key (shown once, keep it safe): {key}");
         }
         let api = format!("{}://{}:{}", args.http.scheme(), args.http.http_addr.ip(), gateway.port());
+        let nbd = recovery.nbd_address().map(|a| a.to_string()).unwrap_or_default();
         eprintln!(
-            "arca server: API {api}; NATS {nats_url}; catalog {database}; secret key {}; scheduler, transport, storage and recovery running. Ctrl-C stops.",
+            "arca server: API {api}; NBD {nbd}; NATS {nats_url}; catalog {database}; secret key {}; scheduler, transport, storage and recovery running. Ctrl-C stops.",
             key_path.display()
         );
         tokio::select! {

@@ -5,7 +5,7 @@ use arca_testkit::Backend;
 use crate::helpers::Env;
 use crate::on_every_backend;
 
-on_every_backend!(init_wrong_passphrase_and_keys, init_twice_is_refused);
+on_every_backend!(init_wrong_passphrase_and_keys, init_twice_is_refused, an_interrupted_init_is_finished_by_the_next);
 
 fn init_wrong_passphrase_and_keys(backend: Backend) {
     let env = Env::init(backend);
@@ -52,6 +52,26 @@ fn init_twice_is_refused(backend: Backend) {
     let (_, err) = env.fails(&["repo", "init"]);
     assert!(err.contains("already exists"), "{err}");
     assert_eq!(env.objects(), before);
+}
+
+/// An init cut off between its key and its config (an object-store outage, a kill) leaves a
+/// key that opens nothing; the next init with the same passphrase must still succeed, and the
+/// repository it makes must open past the stray key.
+fn an_interrupted_init_is_finished_by_the_next(backend: Backend) {
+    let env = Env::init(backend);
+    env.repo_backend().delete("config").unwrap();
+    let (_, err) = env.fails(&["snapshots"]);
+    assert!(err.contains("no repository at"), "{err}");
+
+    env.ok(&["repo", "init"]);
+    let objects = env.objects();
+    assert_eq!(objects.iter().filter(|o| o.starts_with("keys/")).count(), 2, "{objects:?}");
+    let source = env.path("src");
+    crate::helpers::write(&source.join("a.txt"), b"after an interrupted init");
+    env.backup(&[&source]);
+    assert_eq!(env.snapshot_ids().len(), 1);
+    let (_, err) = env.fails(&["repo", "init"]);
+    assert!(err.contains("already exists"), "{err}");
 }
 
 #[test]

@@ -12,7 +12,7 @@ use arca_events::{JobId, JobKind, TargetId};
 use crate::helpers::{assert_same_tree, noise, write};
 
 /// The MSP admin API key every test `arca server` registers (`ARCA_BOOTSTRAP_KEY`).
-const API_KEY: &str = "arca-platform-test-admin-key-42";
+pub(crate) const API_KEY: &str = "arca-platform-test-admin-key-42";
 
 /// A child process killed when the test ends.
 struct Process(Child);
@@ -24,7 +24,7 @@ impl Drop for Process {
     }
 }
 
-fn binary(name: &str) -> PathBuf {
+pub(crate) fn binary(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_BIN_EXE_arca")).with_file_name(name);
     assert!(path.is_file(), "{} is not built: run the tests with `cargo nextest run --workspace`", path.display());
     path
@@ -71,11 +71,18 @@ impl RestartableNats {
 }
 
 /// A platform under test: its NATS, its data folder, its processes.
-struct Platform {
+pub(crate) struct Platform {
     nats: NatsUrl,
     _server: Option<arca_testkit::NatsServer>,
     data: tempfile::TempDir,
     processes: Vec<(String, Process)>,
+}
+
+impl Platform {
+    /// Where the `label` process writes its log.
+    pub(crate) fn log_path(&self, label: &str) -> PathBuf {
+        self.data.path().join(format!("{label}.log"))
+    }
 }
 
 struct NatsUrl {
@@ -83,7 +90,7 @@ struct NatsUrl {
 }
 
 impl Platform {
-    fn new() -> Platform {
+    pub(crate) fn new() -> Platform {
         let server = arca_testkit::nats_server();
         Platform::on(server.url.clone(), Some(server))
     }
@@ -114,7 +121,7 @@ impl Platform {
     }
 
     /// The base URL of `arca server`'s API, once it serves.
-    fn api(&self) -> String {
+    pub(crate) fn api(&self) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let log = self.log("server");
@@ -127,14 +134,24 @@ impl Platform {
     }
 
     /// Everything in one `arca server` process.
-    fn all_in_one(self) -> Platform {
+    pub(crate) fn all_in_one(self) -> Platform {
         self.all_in_one_with(&[])
     }
 
     fn all_in_one_with(mut self, extra: &[&str]) -> Platform {
         let data = self.data.path().display().to_string();
         let nats = self.nats.url.clone();
-        let mut args = vec!["server", "--data-dir", &data, "--nats", &nats, "--http-addr", "127.0.0.1:0"];
+        let mut args = vec![
+            "server",
+            "--data-dir",
+            &data,
+            "--nats",
+            &nats,
+            "--http-addr",
+            "127.0.0.1:0",
+            "--nbd-addr",
+            "127.0.0.1:0",
+        ];
         args.extend_from_slice(extra);
         self.spawn("server", &binary("arca"), &args);
         self
@@ -147,7 +164,7 @@ impl Platform {
         process.0.wait().unwrap();
     }
 
-    fn log(&self, label: &str) -> String {
+    pub(crate) fn log(&self, label: &str) -> String {
         std::fs::read_to_string(self.data.path().join(format!("{label}.log"))).unwrap_or_default()
     }
 
@@ -165,7 +182,7 @@ impl Platform {
             .unwrap()
     }
 
-    fn arca(&self, args: &[&str]) -> String {
+    pub(crate) fn arca(&self, args: &[&str]) -> String {
         let output = self.arca_output(args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "arca {args:?} failed: {stderr}");
@@ -173,7 +190,7 @@ impl Platform {
     }
 
     /// Waits for `job` to end; returns its JSON.
-    fn wait_job(&self, tenant: &str, job: &str) -> serde_json::Value {
+    pub(crate) fn wait_job(&self, tenant: &str, job: &str) -> serde_json::Value {
         let output = self.arca_output(&["job", "show", "--tenant", tenant, job, "--wait", "120"]);
         let text = String::from_utf8_lossy(&output.stdout);
         let logs: Vec<String> = self.processes.iter().map(|(l, _)| format!("--- {l}\n{}", self.log(l))).collect();
@@ -181,7 +198,7 @@ impl Platform {
         serde_json::from_str(text.trim()).unwrap()
     }
 
-    fn wait_succeeded(&self, tenant: &str, job: &str) -> serde_json::Value {
+    pub(crate) fn wait_succeeded(&self, tenant: &str, job: &str) -> serde_json::Value {
         let job_json = self.wait_job(tenant, job);
         if job_json["status"] != "succeeded" {
             let logs: Vec<String> = self.processes.iter().map(|(l, _)| format!("--- {l}\n{}", self.log(l))).collect();
@@ -205,7 +222,7 @@ fn define(
 }
 
 /// A fs target, a source and a policy in `tenant`; returns (target, source, policy).
-fn define_in(
+pub(crate) fn define_in(
     platform: &Platform,
     tenant: &str,
     source_dir: &Path,
@@ -804,6 +821,8 @@ fn a_copy_retries_through_an_object_store_outage_then_fails_clearly_and_works_ag
     let server_args = [
         "server",
         "--http-addr",
+        "127.0.0.1:0",
+        "--nbd-addr",
         "127.0.0.1:0",
         "--data-dir",
         &data,

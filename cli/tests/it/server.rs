@@ -17,7 +17,16 @@ fn server_runs_the_platform_on_its_own_nats_and_stops_on_sigterm() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut server = Command::new(env!("CARGO_BIN_EXE_arca"))
-        .args(["server", "--http-addr", "127.0.0.1:0", "--nats-port", &port.to_string(), "--data-dir"])
+        .args([
+            "server",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--nbd-addr",
+            "127.0.0.1:0",
+            "--nats-port",
+            &port.to_string(),
+            "--data-dir",
+        ])
         .arg(data.path())
         .env("ARCA_NATS_SERVER", arca_testkit::tool("nats-server"))
         .stdout(Stdio::null())
@@ -89,7 +98,16 @@ fn server_refuses_a_taken_port_with_a_clear_error() {
     let port = taken.local_addr().unwrap().port();
     let data = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_arca"))
-        .args(["server", "--http-addr", "127.0.0.1:0", "--nats-port", &port.to_string(), "--data-dir"])
+        .args([
+            "server",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--nbd-addr",
+            "127.0.0.1:0",
+            "--nats-port",
+            &port.to_string(),
+            "--data-dir",
+        ])
         .arg(data.path())
         .output()
         .unwrap();

@@ -45,6 +45,7 @@
 
 pub mod api_key;
 mod error;
+pub mod export;
 pub mod job;
 pub mod policy;
 pub mod replica;

@@ -36,6 +36,8 @@ pub struct Replica {
     pub points: VecDeque<ReplicaPoint>,
     /// The point it is failed over to, while it is.
     pub failed_over_to: Option<String>,
+    /// How many times it was failed back: each time a new job follows the source.
+    pub failbacks: u32,
 }
 
 impl Replica {
@@ -155,7 +157,10 @@ impl Aggregate for Replica {
                 }
             }
             Event::ReplicaFailedOver(e) => self.failed_over_to = Some(e.point.clone()),
-            Event::ReplicaFailedBack(_) => self.failed_over_to = None,
+            Event::ReplicaFailedBack(_) => {
+                self.failed_over_to = None;
+                self.failbacks += 1;
+            }
             Event::ReplicaDeleted(_) => self.status = Lifecycle::Removed,
             _ => {}
         }

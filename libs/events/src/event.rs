@@ -128,6 +128,11 @@ events! {
         RestoreSucceeded = 1,
         RestoreFailed = 1,
     }
+    Export {
+        ExportRequested = 1,
+        ExportServing = 1,
+        ExportStopped = 1,
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -469,4 +474,33 @@ pub struct RestoreSucceeded {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreFailed {
     pub error: String,
+}
+
+// ---- Export ----
+
+/// An image snapshot is to be served over NBD (instant recovery) by a recovery instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportRequested {
+    pub snapshot: SnapshotId,
+    /// Writes go to a temporary overlay on the serving host, never into the repository.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub writable: bool,
+    /// BLAKE3 of the export name a client must ask for (the name itself is shown once).
+    pub name_hash: String,
+    pub job: JobId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+}
+
+/// A recovery instance serves the export at `address` (`host:port`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportServing {
+    pub address: String,
+}
+
+/// The export is no longer served: stopped through the API, or it failed (`error`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportStopped {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

@@ -51,10 +51,11 @@ pub enum AggregateType {
     Snapshot,
     Replica,
     Restore,
+    Export,
 }
 
 impl AggregateType {
-    pub const ALL: [AggregateType; 9] = [
+    pub const ALL: [AggregateType; 10] = [
         AggregateType::Tenant,
         AggregateType::ApiKey,
         AggregateType::Target,
@@ -64,6 +65,7 @@ impl AggregateType {
         AggregateType::Snapshot,
         AggregateType::Replica,
         AggregateType::Restore,
+        AggregateType::Export,
     ];
 
     /// The subject token: `tenant`, `api_key`, …
@@ -78,6 +80,7 @@ impl AggregateType {
             AggregateType::Snapshot => "snapshot",
             AggregateType::Replica => "replica",
             AggregateType::Restore => "restore",
+            AggregateType::Export => "export",
         }
     }
 

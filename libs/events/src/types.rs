@@ -129,10 +129,16 @@ pub enum JobKind {
     Prune,
     Restore,
     Replicate,
+    /// Serve an image snapshot over NBD until stopped (instant recovery).
+    Export,
+    /// Make a replica's recovery point the live copy.
+    Failover,
+    /// Copy a failed-over replica's changes back to the source, then follow it again.
+    Failback,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 7] = [
+    pub const ALL: [JobKind; 10] = [
         JobKind::Backup,
         JobKind::Copy,
         JobKind::Verify,
@@ -140,6 +146,9 @@ impl JobKind {
         JobKind::Prune,
         JobKind::Restore,
         JobKind::Replicate,
+        JobKind::Export,
+        JobKind::Failover,
+        JobKind::Failback,
     ];
 
     /// The subject token: `backup`, `copy`, …
@@ -152,6 +161,9 @@ impl JobKind {
             JobKind::Prune => "prune",
             JobKind::Restore => "restore",
             JobKind::Replicate => "replicate",
+            JobKind::Export => "export",
+            JobKind::Failover => "failover",
+            JobKind::Failback => "failback",
         }
     }
 
@@ -171,6 +183,8 @@ pub enum Trigger {
     Manual,
     /// Another job asked for it (a backup's retention, copy, …).
     FollowUp { after: crate::JobId },
+    /// A replica's work: following its source, failing over or back.
+    Replica { replica: crate::ReplicaId },
 }
 
 /// Where a restore writes.

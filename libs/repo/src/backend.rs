@@ -135,8 +135,29 @@ pub struct Listed {
 #[derive(Clone)]
 pub struct Backend {
     op: Operator,
-    rt: Arc<tokio::runtime::Runtime>,
+    rt: Arc<IoRuntime>,
     target: Target,
+}
+
+/// The backend's runtime. Dropping a Tokio runtime the usual way blocks, which panics inside
+/// async code; a backend (and the repository holding it) is often dropped there, long after
+/// its last request, so this one shuts down in the background.
+struct IoRuntime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for IoRuntime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("the runtime lives until the backend is dropped")
+    }
+}
+
+impl Drop for IoRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Retries of one storage request before it fails (`ARCA_STORAGE_RETRIES`, default 6: about a
@@ -213,7 +234,7 @@ impl Backend {
             .enable_all()
             .build()
             .map_err(Error::io("start IO runtime", PathBuf::new()))?;
-        Ok(Backend { op, rt: Arc::new(rt), target: target.clone() })
+        Ok(Backend { op, rt: Arc::new(IoRuntime(Some(rt))), target: target.clone() })
     }
 
     pub fn target(&self) -> &Target {

@@ -46,6 +46,7 @@ pub mod lock;
 pub mod packer;
 pub mod pipeline;
 pub mod prune;
+pub mod reader;
 pub mod repository;
 pub mod restore;
 pub mod ticker;

@@ -200,7 +200,10 @@ impl Repository {
         if passphrase.is_empty() {
             return Err(Error::Refused("the passphrase must not be empty".into()));
         }
-        if backend.exists(paths::CONFIG)? || !backend.list(paths::KEYS)?.is_empty() {
+        // A repository exists once its config does. Keys without a config are strays of an
+        // init that was interrupted between the two writes; they open nothing, so a new init
+        // goes ahead beside them (and `open` skips them).
+        if backend.exists(paths::CONFIG)? {
             return Err(Error::AlreadyInitialized(backend.target().to_string()));
         }
         let master = crypto::random_key();
@@ -238,11 +241,21 @@ impl Repository {
         };
         let mut keys = backend.list(paths::KEYS)?;
         keys.sort_by(|a, b| a.name.cmp(&b.name));
+        // The error of a key that unwraps but does not open the config: a stray of an
+        // interrupted init with the same passphrase (skipped), or a damaged config (reported
+        // when no other key opens it).
+        let mut unopened = None;
         for key in keys {
             let name = format!("{}{}", paths::KEYS, key.name);
             let bytes = backend.read(&name)?;
             if let Some(master) = unwrap_key_file(&bytes, passphrase, &name)? {
-                let (_, plain) = SealKey::new(&master).open(&config_bytes, paths::CONFIG)?;
+                let plain = match SealKey::new(&master).open(&config_bytes, paths::CONFIG) {
+                    Ok((_, plain)) => plain,
+                    Err(e) => {
+                        unopened.get_or_insert(e);
+                        continue;
+                    }
+                };
                 let config: Config = from_json(&plain, paths::CONFIG)?;
                 if config.version != REPO_VERSION {
                     return Err(Error::Refused(format!(
@@ -253,7 +266,7 @@ impl Repository {
                 return Ok(Self::from_parts(backend, master, config, key.name));
             }
         }
-        Err(Error::WrongPassphrase)
+        Err(unopened.unwrap_or(Error::WrongPassphrase))
     }
 
     fn from_parts(backend: Backend, master: [u8; 32], config: Config, key_id: String) -> Repository {

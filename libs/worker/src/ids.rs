@@ -1,7 +1,7 @@
 //! Ids derived from what they name: the same inputs give the same id in every process, so a
 //! step that is retried after a crash appends to the same aggregate instead of a new one.
 
-use arca_events::{JobId, JobKind, SnapshotId, TargetId};
+use arca_events::{JobId, JobKind, ReplicaId, SnapshotId, TargetId};
 use uuid::Uuid;
 
 fn derived(context: &str, parts: &[&[u8]]) -> Uuid {
@@ -29,6 +29,12 @@ pub fn follow_up_job_id(after: JobId, kind: JobKind, target: Option<TargetId>) -
     ))
 }
 
+/// The id of the job that follows `replica`'s source after `failbacks` failbacks: the API
+/// (to stop it on failover) and the failback job (to start the next) agree on it.
+pub fn replicate_job_id(replica: ReplicaId, failbacks: u32) -> JobId {
+    JobId(derived("arca 2026-11 replicate job id", &[replica.as_uuid().as_bytes(), &failbacks.to_le_bytes()]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +58,8 @@ mod tests {
             follow_up_job_id(job, JobKind::Copy, Some(target)),
             follow_up_job_id(job, JobKind::Copy, Some(TargetId::new()))
         );
+        let replica = ReplicaId::new();
+        assert_eq!(replicate_job_id(replica, 1), replicate_job_id(replica, 1));
+        assert_ne!(replicate_job_id(replica, 1), replicate_job_id(replica, 2));
     }
 }

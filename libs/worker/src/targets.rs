@@ -108,7 +108,7 @@ const CREATING: &[u8] = b"creating";
 /// How long a service waits for another one to finish creating a repository.
 const CREATION_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Runs `work` with `spec` on a blocking thread (a repository must not be dropped in async code).
+/// Runs `work` with `spec` on a blocking thread (repository calls block).
 async fn blocking<T: Send + 'static>(
     spec: &TargetSpec,
     work: impl FnOnce(&TargetSpec) -> Result<T, arca_repo::Error> + Send + 'static,
@@ -191,6 +191,25 @@ impl Targets {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// A repository in a local folder that one job owns (a replica's recovery points), under
+    /// the tenant's key, created on first use. Blocking: call from a blocking thread.
+    pub fn local_repository(&self, tenant: TenantId, folder: &std::path::Path) -> Result<Repository, arca_repo::Error> {
+        let spec = TargetSpec {
+            tenant,
+            target: TargetId::from(uuid::Uuid::nil()),
+            name: "local".into(),
+            kind: TargetKind::Fs,
+            location: format!("fs://{}", folder.display()),
+            options: TargetOptions::default(),
+            passphrase: self.key.tenant_passphrase(tenant),
+            identity: self.key.tenant_identity(tenant),
+        };
+        match spec.open() {
+            Err(arca_repo::Error::NotARepository(_)) => spec.init(),
+            other => other,
         }
     }
 

@@ -6,21 +6,31 @@
 //! A restore is requested as a `RestoreRequested` on the restore aggregate whose id is the
 //! job's id, plus a restore job on the queue (its site is the destination's site, so the
 //! instance on that host takes it).
+//!
+//! It also serves image snapshots over NBD (instant recovery, [`nbd`]): an export is an
+//! `ExportRequested` on the export aggregate plus an export job that runs, holding the export
+//! open on this instance's NBD listener, until the job is cancelled (the API's "stop").
 
+pub mod nbd;
+
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use arca_bus::secrets::SecretStore;
 use arca_bus::{Bus, BusConfig, BusError, ExecuteError};
+use arca_domain::export::{Export, ExportCommand, ExportStatus};
 use arca_domain::restore::{Restore, RestoreCommand};
 use arca_domain::snapshot::Snapshot;
 use arca_events::{JobKind, RestoreDestination};
+use arca_repo::reader::{FileReader, image_node};
 use arca_repo::restore::{RestoreOptions, RestoreProgress, restore, verify_restore};
 use arca_worker::copy::copy_snapshot;
 use arca_worker::keys::ServerKey;
 use arca_worker::runner::{ProgressReading, run_worker};
 use arca_worker::{JobContext, JobError, JobHandler, JobOutcome, Targets, WorkerSettings};
+use nbd::NbdServer;
 
 /// How to run a recovery worker.
 #[derive(Clone, Debug)]
@@ -29,11 +39,25 @@ pub struct RecoveryConfig {
     pub replicas: usize,
     pub key: ServerKey,
     pub worker: WorkerSettings,
+    /// Where to serve NBD exports; `None`: this instance takes no export jobs.
+    pub nbd_addr: Option<SocketAddr>,
+    /// The host clients reach the NBD listener at (default: the listener's IP).
+    pub nbd_host: Option<String>,
+    /// Exports served at once.
+    pub exports: usize,
 }
 
 impl RecoveryConfig {
     pub fn new(nats_url: impl Into<String>, key: ServerKey) -> Self {
-        RecoveryConfig { nats_url: nats_url.into(), replicas: 1, key, worker: WorkerSettings::default() }
+        RecoveryConfig {
+            nats_url: nats_url.into(),
+            replicas: 1,
+            key,
+            worker: WorkerSettings::default(),
+            nbd_addr: None,
+            nbd_host: None,
+            exports: 64,
+        }
     }
 }
 
@@ -41,6 +65,7 @@ impl RecoveryConfig {
 pub struct Recovery {
     targets: Targets,
     config: RecoveryConfig,
+    nbd: Option<Arc<NbdServer>>,
 }
 
 impl Recovery {
@@ -53,16 +78,39 @@ impl Recovery {
         .await?;
         let store = bus.event_store().await?;
         let secrets = SecretStore::open(&bus, &config.key.secret_store_key()).await?;
-        Ok(Recovery { targets: Targets::new(store, secrets, config.key.clone()), config })
+        let nbd = match config.nbd_addr {
+            Some(address) => Some(Arc::new(NbdServer::bind(address).await.map_err(|e| BusError::Unavailable {
+                operation: format!("listen for NBD clients on {address}"),
+                reason: e.to_string(),
+            })?)),
+            None => None,
+        };
+        Ok(Recovery { targets: Targets::new(store, secrets, config.key.clone()), config, nbd })
+    }
+
+    /// Where NBD clients connect, when this instance serves exports.
+    pub fn nbd_address(&self) -> Option<SocketAddr> {
+        self.nbd.as_ref().map(|nbd| nbd.address())
     }
 
     /// Takes restore jobs until `shutdown` completes.
     pub async fn run_until_stopped(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), BusError> {
         let store = self.targets.store().clone();
+        let exports = match self.nbd {
+            Some(nbd) => {
+                let host = self.config.nbd_host.clone().unwrap_or_else(|| nbd.address().ip().to_string());
+                let address = format!("{host}:{}", nbd.address().port());
+                let handler = Arc::new(ExportHandler { targets: self.targets.clone(), nbd, address });
+                let settings = WorkerSettings { parallel: self.config.exports, ..self.config.worker.clone() };
+                futures_or_pending(Some(run_worker(handler, store.clone(), settings)))
+            }
+            None => futures_or_pending(None),
+        };
         let handler = Arc::new(RestoreHandler { targets: self.targets });
         tokio::select! {
             () = shutdown => Ok(()),
             result = run_worker(handler, store, self.config.worker) => result,
+            result = exports => result,
         }
     }
 }
@@ -145,6 +193,95 @@ impl JobHandler for RestoreHandler {
             Err(JobError::Temporary(_)) => return result,
         };
         match ctx.store.execute::<Restore>(ctx.tenant, ctx.job_id, &command, &ctx.meta).await {
+            Ok(_) | Err(ExecuteError::Domain(_)) => result,
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The future, or one that never completes.
+async fn futures_or_pending<F: std::future::Future<Output = Result<(), BusError>>>(
+    future: Option<F>,
+) -> Result<(), BusError> {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves export jobs: each holds its image snapshot open on the NBD listener until the job
+/// is cancelled.
+pub struct ExportHandler {
+    targets: Targets,
+    nbd: Arc<NbdServer>,
+    /// `host:port` as clients reach the listener.
+    address: String,
+}
+
+impl ExportHandler {
+    async fn serve(&self, ctx: &JobContext, export: &Export) -> Result<JobOutcome, JobError> {
+        let mut name_hash = [0u8; 32];
+        hex::decode_to_slice(&export.name_hash, &mut name_hash)
+            .map_err(|_| JobError::Permanent("the export's name hash is not 64 hex digits".into()))?;
+        let (snapshot, _) = ctx.store.load_state::<Snapshot>(ctx.tenant, export.snapshot.as_uuid()).await?;
+        let Some(commit) = snapshot.commit.filter(|_| !snapshot.forgotten) else {
+            return Err(JobError::Permanent(format!("snapshot {} does not exist or was forgotten", export.snapshot)));
+        };
+        let spec = self.targets.describe(ctx.tenant, commit.target).await?;
+        let repo_snapshot = commit.repo_snapshot.clone();
+        let reader = tokio::task::spawn_blocking(move || {
+            let repo = spec.open()?;
+            let (_, snapshot) = repo.find_snapshot(&repo_snapshot)?;
+            if snapshot.source_kind != arca_repo::SourceKind::Image {
+                return Err(arca_repo::Error::Refused(
+                    "only image snapshots are exported over NBD; restore or download a file tree instead".into(),
+                ));
+            }
+            let index = Arc::new(repo.load_index()?);
+            let (_, node) = image_node(&repo, &index, &snapshot)?;
+            FileReader::new(repo, index, &node)
+        })
+        .await
+        .map_err(|e| JobError::Temporary(format!("the export thread stopped: {e}")))??;
+        let size = reader.size();
+        let _served = self
+            .nbd
+            .add(name_hash, reader, export.writable)
+            .map_err(|e| JobError::Temporary(format!("make the write overlay: {e}")))?;
+        let serve = ExportCommand::Serve { address: self.address.clone() };
+        match ctx.store.execute::<Export>(ctx.tenant, ctx.job_id, &serve, &ctx.meta).await {
+            Ok(_) => {}
+            // Stopped before it started serving.
+            Err(ExecuteError::Domain(_)) => return Ok(JobOutcome::default()),
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(job = %ctx.job_id, address = %self.address, size, writable = export.writable, "export serving");
+        ctx.cancelled().await;
+        Ok(JobOutcome { snapshot: Some(export.snapshot), bytes_read: 0, bytes_added: 0, files: 1 })
+    }
+}
+
+impl JobHandler for ExportHandler {
+    fn kind(&self) -> JobKind {
+        JobKind::Export
+    }
+
+    async fn run(&self, ctx: JobContext) -> Result<JobOutcome, JobError> {
+        let (export, _) = ctx.store.load_state::<Export>(ctx.tenant, ctx.job_id.as_uuid()).await?;
+        match export.status {
+            ExportStatus::Missing => {
+                return Err(JobError::Permanent(format!("no export was requested for job {}", ctx.job_id)));
+            }
+            status if status.is_over() => return Ok(JobOutcome::default()),
+            _ => {}
+        }
+        let result = self.serve(&ctx, &export).await;
+        let stop = match &result {
+            Ok(_) => ExportCommand::Stop { error: None },
+            Err(JobError::Permanent(error)) => ExportCommand::Stop { error: Some(error.clone()) },
+            Err(JobError::Temporary(_)) => return result,
+        };
+        match ctx.store.execute::<Export>(ctx.tenant, ctx.job_id, &stop, &ctx.meta).await {
             Ok(_) | Err(ExecuteError::Domain(_)) => result,
             Err(e) => Err(e.into()),
         }

@@ -7,7 +7,7 @@ use arca_recovery::{Recovery, RecoveryConfig};
 use arca_worker::keys::ServerKey;
 use clap::Parser;
 
-/// Runs restore jobs on this host and verifies what they wrote.
+/// Runs restore jobs on this host and verifies what they wrote; serves NBD exports.
 #[derive(Parser)]
 #[command(name = "arca-recovery", version)]
 struct Args {
@@ -26,6 +26,12 @@ struct Args {
     /// Restores run at once
     #[arg(long, env = "ARCA_PARALLEL_JOBS", default_value_t = 2)]
     parallel: usize,
+    /// Serve instant-recovery NBD exports on this address (none: take no export jobs)
+    #[arg(long, env = "ARCA_NBD_ADDR")]
+    nbd_addr: Option<std::net::SocketAddr>,
+    /// The host name NBD clients reach this instance at (default: the listener's IP)
+    #[arg(long, env = "ARCA_NBD_HOST")]
+    nbd_host: Option<String>,
 }
 
 #[tokio::main]
@@ -38,6 +44,8 @@ async fn main() -> anyhow::Result<()> {
     let mut config = RecoveryConfig::new(args.nats, ServerKey::load(&args.secret_key_file)?);
     config.worker.parallel = args.parallel;
     config.worker.site = args.site;
+    config.nbd_addr = args.nbd_addr;
+    config.nbd_host = args.nbd_host;
     let recovery = Recovery::build(config).await.context("start the recovery service")?;
     recovery.run_until_stopped(arca_telemetry::shutdown_signal()).await?;
     Ok(())

@@ -21,6 +21,7 @@
 
 mod backup;
 mod copy;
+mod replicate;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,7 @@ use arca_worker::{Targets, WorkerSettings};
 
 pub use backup::BackupHandler;
 pub use copy::CopyHandler;
+pub use replicate::{FailbackHandler, FailoverHandler, ReplicateHandler};
 
 /// How to run a transport worker.
 #[derive(Clone, Debug)]
@@ -43,6 +45,10 @@ pub struct TransportConfig {
     pub worker: WorkerSettings,
     /// The longest a pre- or post-hook may run.
     pub hook_timeout: Duration,
+    /// How replicas follow their sources.
+    pub follow: arca_replica::FollowSettings,
+    /// Replicas followed at once (each holds a job for as long as it runs).
+    pub replicas_followed: usize,
 }
 
 impl TransportConfig {
@@ -53,6 +59,8 @@ impl TransportConfig {
             key,
             worker: WorkerSettings::default(),
             hook_timeout: Duration::from_secs(600),
+            follow: arca_replica::FollowSettings::default(),
+            replicas_followed: 64,
         }
     }
 }
@@ -76,15 +84,21 @@ impl Transport {
         Ok(Transport { targets: Targets::new(store, secrets, config.key.clone()), config })
     }
 
-    /// Takes backup and copy jobs until `shutdown` completes.
+    /// Takes backup, copy and replica jobs until `shutdown` completes.
     pub async fn run_until_stopped(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), BusError> {
         let store = self.targets.store().clone();
         let backups = Arc::new(BackupHandler::new(self.targets.clone(), self.config.hook_timeout));
         let copies = Arc::new(CopyHandler::new(self.targets.clone()));
+        let followers = Arc::new(ReplicateHandler::new(self.targets.clone(), self.config.follow.clone()));
+        let failovers = Arc::new(FailoverHandler::new(self.targets.clone()));
+        let replicas = WorkerSettings { parallel: self.config.replicas_followed, ..self.config.worker.clone() };
         tokio::select! {
             () = shutdown => Ok(()),
             result = run_worker(backups, store.clone(), self.config.worker.clone()) => result,
-            result = run_worker(copies, store, self.config.worker.clone()) => result,
+            result = run_worker(copies, store.clone(), self.config.worker.clone()) => result,
+            result = run_worker(followers, store.clone(), replicas) => result,
+            result = run_worker(failovers, store.clone(), self.config.worker.clone()) => result,
+            result = run_worker(Arc::new(FailbackHandler), store, self.config.worker.clone()) => result,
         }
     }
 }

@@ -458,6 +458,10 @@ impl Tables {
                     row.error = Some(p.error.clone());
                 }
             }
+
+            // ---- Export ----
+            // Short-lived: the gateway reads an export from its events; the audit log keeps them.
+            Event::ExportRequested(_) | Event::ExportServing(_) | Event::ExportStopped(_) => {}
         }
     }
 }

@@ -1,0 +1,205 @@
+//! Following a source: a full sync first, then the paths file-system notifications name,
+//! gathered for a short debounce so a burst of writes becomes one pass, and a full rescan
+//! now and then (and whenever notifications were lost) as the safety net.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::{RecursiveMode, Watcher};
+
+use crate::mirror::{Mirror, SyncStats};
+
+/// How to follow.
+#[derive(Clone, Debug)]
+pub struct FollowSettings {
+    /// After a notification, wait this long for more before syncing.
+    pub debounce: Duration,
+    /// A pass never waits longer than this for a burst to end.
+    pub max_batch_wait: Duration,
+    /// A full rescan at least this often.
+    pub rescan_every: Duration,
+}
+
+impl Default for FollowSettings {
+    fn default() -> Self {
+        FollowSettings {
+            debounce: Duration::from_millis(50),
+            max_batch_wait: Duration::from_millis(500),
+            rescan_every: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One sync pass.
+#[derive(Clone, Debug)]
+pub struct Pass {
+    pub stats: SyncStats,
+    /// When it was durable.
+    pub finished: SystemTime,
+    /// A full walk (the first pass, a rescan, or after lost notifications).
+    pub full: bool,
+}
+
+impl Pass {
+    /// How long the oldest change it carried waited to become durable in the mirror.
+    pub fn lag(&self) -> Option<Duration> {
+        self.stats.oldest_change.map(|changed| self.finished.duration_since(changed).unwrap_or_default())
+    }
+}
+
+/// The longest `on_pass` waits to be called.
+pub const IDLE_TICK: Duration = Duration::from_millis(100);
+
+fn io_error(e: notify::Error) -> io::Error {
+    io::Error::other(format!("watch for changes: {e}"))
+}
+
+/// Something kept in step with a source folder or file: a [`Mirror`], or anything else that
+/// can take the whole source or a list of changed paths (a backup into a repository).
+pub trait Replicator {
+    fn source(&self) -> &Path;
+    fn sync_all(&self) -> io::Result<SyncStats>;
+    fn sync_paths(&self, paths: &mut dyn Iterator<Item = &Path>) -> io::Result<SyncStats>;
+}
+
+impl Replicator for Mirror {
+    fn source(&self) -> &Path {
+        Mirror::source(self)
+    }
+
+    fn sync_all(&self) -> io::Result<SyncStats> {
+        Mirror::sync_all(self)
+    }
+
+    fn sync_paths(&self, paths: &mut dyn Iterator<Item = &Path>) -> io::Result<SyncStats> {
+        Mirror::sync_paths(self, paths)
+    }
+}
+
+/// Follows `mirror`'s source until `stop` is set or `on_pass` returns `false`. `on_pass` is
+/// called after the first full sync, after every pass, after every rescan, and at least every
+/// [`IDLE_TICK`] while nothing happens (with an empty pass), so the caller can act on time
+/// (record a recovery point once changes have settled). Blocking: run it on a thread of its own.
+pub fn follow(
+    mirror: &dyn Replicator,
+    settings: &FollowSettings,
+    stop: &AtomicBool,
+    mut on_pass: impl FnMut(&Pass) -> bool,
+) -> io::Result<()> {
+    let (sender, events) = mpsc::channel::<notify::Result<notify::Event>>();
+    let mut watcher = notify::recommended_watcher(move |event| {
+        let _ = sender.send(event);
+    })
+    .map_err(io_error)?;
+    let source = mirror.source().to_path_buf();
+    let single_file = !std::fs::symlink_metadata(&source)?.is_dir();
+    // A single file is watched through its folder, so a file replaced by a rename is seen.
+    let watched = if single_file { source.parent().unwrap_or(Path::new("/")).to_path_buf() } else { source.clone() };
+    let mode = if single_file { RecursiveMode::NonRecursive } else { RecursiveMode::Recursive };
+    watcher.watch(&watched, mode).map_err(io_error)?;
+
+    let pass = |full: bool, paths: &BTreeSet<PathBuf>| -> io::Result<Pass> {
+        let stats =
+            if full { mirror.sync_all()? } else { mirror.sync_paths(&mut paths.iter().map(PathBuf::as_path))? };
+        Ok(Pass { stats, finished: SystemTime::now(), full })
+    };
+    if !on_pass(&pass(true, &BTreeSet::new())?) {
+        return Ok(());
+    }
+    let mut next_rescan = Instant::now() + settings.rescan_every;
+    while !stop.load(Ordering::Relaxed) {
+        let wait = next_rescan.saturating_duration_since(Instant::now()).min(IDLE_TICK);
+        let mut paths = BTreeSet::new();
+        let mut full = false;
+        match events.recv_timeout(wait) {
+            Ok(first) => {
+                let started = Instant::now();
+                let mut add = |event: notify::Result<notify::Event>| match event {
+                    Ok(event) if event.need_rescan() => full = true,
+                    Ok(event) => paths.extend(event.paths.into_iter().filter(|p| !single_file || *p == source)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "file-system notifications failed; rescanning");
+                        full = true;
+                    }
+                };
+                add(first);
+                while started.elapsed() < settings.max_batch_wait {
+                    match events.recv_timeout(settings.debounce) {
+                        Ok(event) => add(event),
+                        Err(mpsc::RecvTimeoutError::Timeout) => break,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            return Err(io::Error::other("the watcher stopped"));
+                        }
+                    }
+                }
+                if paths.is_empty() && !full {
+                    continue;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() >= next_rescan => full = true,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let idle = Pass { stats: SyncStats::default(), finished: SystemTime::now(), full: false };
+                if !on_pass(&idle) {
+                    break;
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(io::Error::other("the watcher stopped")),
+        }
+        if full {
+            next_rescan = Instant::now() + settings.rescan_every;
+        }
+        if !on_pass(&pass(full, &paths)?) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn changes_reach_the_mirror_soon_and_each_pass_reports_its_lag() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, dest) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(source.join("sub")).unwrap();
+        std::fs::write(source.join("sub/first.txt"), b"first").unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (passes, passed) = mpsc::channel();
+        let follower = {
+            let (source, dest, stop) = (source.clone(), dest.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mirror = Mirror::new(source, dest);
+                follow(&mirror, &FollowSettings::default(), &stop, |pass| passes.send(pass.clone()).is_ok())
+            })
+        };
+        let first = passed.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(first.full);
+        assert_eq!(std::fs::read(dest.join("sub/first.txt")).unwrap(), b"first");
+
+        std::fs::write(source.join("sub/second.txt"), b"second").unwrap();
+        std::fs::create_dir_all(source.join("new/deeper")).unwrap();
+        std::fs::write(source.join("new/deeper/third.txt"), b"third").unwrap();
+        std::fs::remove_file(source.join("sub/first.txt")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(dest.join("new/deeper/third.txt").exists()
+            && dest.join("sub/second.txt").exists()
+            && !dest.join("sub/first.txt").exists())
+        {
+            let pass = passed.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("a pass");
+            assert!(!pass.full, "notifications carry these changes, not a rescan");
+            assert_eq!(pass.lag().is_some(), pass.stats.changed(), "a pass that changed something has a lag");
+        }
+        assert_eq!(std::fs::read(dest.join("new/deeper/third.txt")).unwrap(), b"third");
+        stop.store(true, Ordering::Relaxed);
+        follower.join().unwrap().unwrap();
+    }
+}

@@ -1,0 +1,473 @@
+//! A mirror: one folder kept equal to another — files, folders, symlinks, modes and mtimes —
+//! writing only what changed. A file that changed is compared block by block (1 MiB) against
+//! what the mirror last wrote (BLAKE3 of each block, kept in memory) or, after a restart,
+//! against the mirror's own bytes, and only the differing blocks are written; so a large disk
+//! image that changed in a few places costs a read of the source and a few block writes.
+//!
+//! New files are written beside their final name and renamed into place after `fsync`, so
+//! the mirror never shows half a new file; changed files are patched in place and synced. A
+//! change counts as durable once the sync that carried it returns.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+/// The unit of change detection and of writes.
+pub const BLOCK: usize = 1 << 20;
+
+/// Prefix of files being written; never part of a finished mirror.
+const TEMPORARY: &str = ".arca-mirror-";
+
+/// What a sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Files written (whole or in part).
+    pub files: u64,
+    /// Bytes written into the mirror.
+    pub bytes_written: u64,
+    /// Bytes read from the source.
+    pub bytes_read: u64,
+    /// Entries removed from the mirror.
+    pub removed: u64,
+    /// The source modification time of the oldest change carried: the sync made it durable,
+    /// so `now - oldest_change` is the lag it had.
+    pub oldest_change: Option<SystemTime>,
+}
+
+impl SyncStats {
+    fn add(&mut self, other: SyncStats) {
+        self.files += other.files;
+        self.bytes_written += other.bytes_written;
+        self.bytes_read += other.bytes_read;
+        self.removed += other.removed;
+        self.oldest_change = match (self.oldest_change, other.oldest_change) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// Whether the sync changed anything.
+    pub fn changed(&self) -> bool {
+        self.files > 0 || self.removed > 0
+    }
+}
+
+/// What the mirror last wrote for a file.
+struct Known {
+    size: u64,
+    mtime: (i64, i64),
+    blocks: Vec<[u8; 16]>,
+}
+
+/// Keeps `dest` equal to `source`.
+pub struct Mirror {
+    source: PathBuf,
+    dest: PathBuf,
+    known: Mutex<HashMap<PathBuf, Known>>,
+}
+
+fn block_hash(data: &[u8]) -> [u8; 16] {
+    blake3::hash(data).as_bytes()[..16].try_into().expect("16 bytes")
+}
+
+fn mtime_of(meta: &fs::Metadata) -> (i64, i64) {
+    (meta.mtime(), meta.mtime_nsec())
+}
+
+fn system_time(meta: &fs::Metadata) -> SystemTime {
+    meta.modified().unwrap_or_else(|_| SystemTime::now())
+}
+
+fn not_found(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+}
+
+/// Reads until `buf` is full or the end; returns how much it read.
+fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn remove_any(path: &Path) -> io::Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path).map(|()| true),
+        Ok(_) => fs::remove_file(path).map(|()| true),
+        Err(e) if not_found(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+impl Mirror {
+    pub fn new(source: impl Into<PathBuf>, dest: impl Into<PathBuf>) -> Mirror {
+        Mirror { source: source.into(), dest: dest.into(), known: Mutex::default() }
+    }
+
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Makes the whole mirror equal to the source: a full walk of both. The source may be a
+    /// single file (a disk image): then `dest` is a file too.
+    pub fn sync_all(&self) -> io::Result<SyncStats> {
+        self.sync_root(false)
+    }
+
+    fn sync_root(&self, force: bool) -> io::Result<SyncStats> {
+        let meta = fs::symlink_metadata(&self.source)?;
+        if meta.is_dir() {
+            fs::create_dir_all(&self.dest)?;
+            self.sync_tree(Path::new(""))
+        } else {
+            if let Some(parent) = self.dest.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            self.sync_entry(Path::new(""), &meta, force)
+        }
+    }
+
+    /// Brings these source paths (anything under the source: files, folders, paths that no
+    /// longer exist) into the mirror; a folder brings its whole subtree.
+    pub fn sync_paths<'a>(&self, paths: impl IntoIterator<Item = &'a Path>) -> io::Result<SyncStats> {
+        let mut relative: Vec<PathBuf> =
+            paths.into_iter().filter_map(|path| path.strip_prefix(&self.source).ok().map(Path::to_path_buf)).collect();
+        relative.sort();
+        relative.dedup();
+        // A folder's subtree covers the paths below it.
+        let mut covered: Vec<PathBuf> = Vec::new();
+        let mut stats = SyncStats::default();
+        for rel in relative {
+            if covered.iter().any(|folder| rel.starts_with(folder)) {
+                continue;
+            }
+            if rel.as_os_str().is_empty() {
+                return self.sync_root(true);
+            }
+            if rel.file_name().is_some_and(|n| n.to_string_lossy().starts_with(TEMPORARY)) {
+                continue;
+            }
+            let meta = match fs::symlink_metadata(self.source.join(&rel)) {
+                Ok(meta) => meta,
+                Err(e) if not_found(&e) => {
+                    if remove_any(&self.dest.join(&rel))? {
+                        stats.removed += 1;
+                        stats.oldest_change.get_or_insert_with(SystemTime::now);
+                    }
+                    self.forget(&rel);
+                    covered.push(rel);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(parent) = rel.parent() {
+                fs::create_dir_all(self.dest.join(parent))?;
+            }
+            if meta.is_dir() {
+                stats.add(self.sync_tree(&rel)?);
+                covered.push(rel);
+            } else {
+                // Reported as changed: compare it even if its size and mtime look the same (a
+                // second write within the file system's timestamp granularity).
+                stats.add(self.sync_entry(&rel, &meta, true)?);
+            }
+        }
+        Ok(stats)
+    }
+
+    fn forget(&self, rel: &Path) {
+        self.known.lock().expect("mirror state").retain(|path, _| !path.starts_with(rel));
+    }
+
+    /// Syncs the folder `rel` (empty: the root) and everything below it, removing what the
+    /// source no longer has.
+    fn sync_tree(&self, rel: &Path) -> io::Result<SyncStats> {
+        let mut stats = SyncStats::default();
+        let source_dir = self.source.join(rel);
+        let dest_dir = self.dest.join(rel);
+        let source_meta = fs::symlink_metadata(&source_dir)?;
+        match fs::symlink_metadata(&dest_dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                fs::remove_file(&dest_dir)?;
+                fs::create_dir(&dest_dir)?;
+            }
+            Err(e) if not_found(&e) => fs::create_dir_all(&dest_dir)?,
+            Err(e) => return Err(e),
+        }
+        let mut present = HashSet::new();
+        let entries = match fs::read_dir(&source_dir) {
+            Ok(entries) => entries,
+            // Removed while we looked: the next event or rescan removes it here.
+            Err(e) if not_found(&e) => return Ok(stats),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let child = rel.join(&name);
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                Err(e) if not_found(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            present.insert(name);
+            if meta.is_dir() {
+                stats.add(self.sync_tree(&child)?);
+            } else {
+                stats.add(self.sync_entry(&child, &meta, false)?);
+            }
+        }
+        for entry in fs::read_dir(&dest_dir)? {
+            let entry = entry?;
+            if !present.contains(&entry.file_name()) {
+                remove_any(&entry.path())?;
+                self.forget(&rel.join(entry.file_name()));
+                stats.removed += 1;
+                stats.oldest_change.get_or_insert_with(SystemTime::now);
+            }
+        }
+        fs::set_permissions(&dest_dir, fs::Permissions::from_mode(source_meta.mode() & 0o7777))?;
+        filetime::set_file_mtime(&dest_dir, filetime::FileTime::from_last_modification_time(&source_meta))?;
+        Ok(stats)
+    }
+
+    /// Syncs one non-folder entry; unless `force`, a file whose size, mtime and mode match
+    /// the mirror's is taken as unchanged without reading it.
+    fn sync_entry(&self, rel: &Path, meta: &fs::Metadata, force: bool) -> io::Result<SyncStats> {
+        let dest = self.dest.join(rel);
+        if meta.file_type().is_symlink() {
+            let target = match fs::read_link(self.source.join(rel)) {
+                Ok(target) => target,
+                Err(e) if not_found(&e) => return Ok(SyncStats::default()),
+                Err(e) => return Err(e),
+            };
+            if fs::read_link(&dest).ok().as_ref() == Some(&target) {
+                return Ok(SyncStats::default());
+            }
+            remove_any(&dest)?;
+            std::os::unix::fs::symlink(&target, &dest)?;
+            return Ok(SyncStats { files: 1, oldest_change: Some(system_time(meta)), ..SyncStats::default() });
+        }
+        if !meta.is_file() {
+            // Sockets, fifos and devices are not mirrored.
+            return Ok(SyncStats::default());
+        }
+        match self.sync_file(rel, meta, force) {
+            Err(e) if not_found(&e) => Ok(SyncStats::default()),
+            other => other,
+        }
+    }
+
+    fn sync_file(&self, rel: &Path, meta: &fs::Metadata, force: bool) -> io::Result<SyncStats> {
+        let dest = self.dest.join(rel);
+        let dest_meta = match fs::symlink_metadata(&dest) {
+            Ok(m) if m.is_file() => Some(m),
+            Ok(_) => {
+                remove_any(&dest)?;
+                None
+            }
+            Err(e) if not_found(&e) => None,
+            Err(e) => return Err(e),
+        };
+        let mode = meta.mode() & 0o7777;
+        if let Some(d) = &dest_meta
+            && !force
+            && d.len() == meta.len()
+            && mtime_of(d) == mtime_of(meta)
+            && d.mode() & 0o7777 == mode
+        {
+            return Ok(SyncStats::default());
+        }
+        let mut source = File::open(self.source.join(rel))?;
+        let mut stats = SyncStats { files: 1, oldest_change: Some(system_time(meta)), ..SyncStats::default() };
+        let mut blocks = Vec::with_capacity(meta.len().div_ceil(BLOCK as u64) as usize);
+        let mut buf = vec![0u8; BLOCK];
+        let (file, temporary) = match &dest_meta {
+            Some(_) => (OpenOptions::new().read(true).write(true).open(&dest)?, None),
+            None => {
+                let name = format!("{TEMPORARY}{}", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+                let temporary = dest.with_file_name(name);
+                (File::create(&temporary)?, Some(temporary))
+            }
+        };
+        // What the mirror holds now, as we last wrote it (if it has not changed since).
+        let known = {
+            let known = self.known.lock().expect("mirror state");
+            known
+                .get(rel)
+                .filter(|k| dest_meta.as_ref().is_some_and(|d| d.len() == k.size && mtime_of(d) == k.mtime))
+                .map(|k| k.blocks.clone())
+        };
+        let mut theirs = vec![0u8; BLOCK];
+        let mut offset = 0u64;
+        loop {
+            let read = read_full(&mut source, &mut buf)?;
+            if read == 0 {
+                break;
+            }
+            stats.bytes_read += read as u64;
+            let block = &buf[..read];
+            let hash = block_hash(block);
+            let index = blocks.len();
+            let same = match (&known, &dest_meta) {
+                (Some(known), _) => known.get(index) == Some(&hash),
+                (None, Some(d)) if offset < d.len() => {
+                    let have = file.read_at(&mut theirs[..read], offset)?;
+                    have == read && theirs[..read] == *block
+                }
+                _ => false,
+            };
+            if !same {
+                file.write_all_at(block, offset)?;
+                stats.bytes_written += read as u64;
+            }
+            blocks.push(hash);
+            offset += read as u64;
+        }
+        file.set_len(offset)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.sync_data()?;
+        let mtime = filetime::FileTime::from_last_modification_time(meta);
+        filetime::set_file_handle_times(&file, None, Some(mtime))?;
+        drop(file);
+        if let Some(temporary) = temporary {
+            fs::rename(&temporary, &dest)?;
+        }
+        // The source may have changed while we read it: remember what we wrote only if not.
+        let after = fs::metadata(self.source.join(rel))?;
+        let mut known = self.known.lock().expect("mirror state");
+        if after.len() == offset && mtime_of(&after) == mtime_of(meta) {
+            known.insert(rel.to_path_buf(), Known { size: offset, mtime: mtime_of(meta), blocks });
+        } else {
+            known.remove(rel);
+        }
+        Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, data: &[u8]) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, data).unwrap();
+    }
+
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
+    /// Names, kinds, link targets, modes and bytes (folder mtimes move as the test writes).
+    fn assert_same(a: &Path, b: &Path) {
+        let mut names_a: Vec<_> = fs::read_dir(a).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut names_b: Vec<_> = fs::read_dir(b).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names_a.sort();
+        names_b.sort();
+        assert_eq!(names_a, names_b, "{} vs {}", a.display(), b.display());
+        for name in names_a {
+            let (pa, pb) = (a.join(&name), b.join(&name));
+            let (ma, mb) = (fs::symlink_metadata(&pa).unwrap(), fs::symlink_metadata(&pb).unwrap());
+            assert_eq!(ma.file_type(), mb.file_type(), "{}", pa.display());
+            if ma.is_symlink() {
+                assert_eq!(fs::read_link(&pa).unwrap(), fs::read_link(&pb).unwrap());
+            } else if ma.is_dir() {
+                assert_same(&pa, &pb);
+            } else {
+                assert_eq!(ma.mode(), mb.mode(), "{}", pa.display());
+                assert_eq!(mtime_of(&ma), mtime_of(&mb), "{}", pa.display());
+                assert!(fs::read(&pa).unwrap() == fs::read(&pb).unwrap(), "{} differs", pa.display());
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_sync_copies_everything_and_removes_what_the_source_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, dest) = (dir.path().join("src"), dir.path().join("dst"));
+        write(&source.join("a/one.bin"), &noise(3 * BLOCK + 17, 1));
+        write(&source.join("a/empty"), b"");
+        write(&source.join("b/c/two.txt"), b"two");
+        std::os::unix::fs::symlink("../a/one.bin", source.join("b/link")).unwrap();
+        fs::set_permissions(source.join("b/c/two.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+        write(&dest.join("stale/old.txt"), b"old");
+        write(&dest.join("b/c/two.txt"), b"something else entirely");
+        let mirror = Mirror::new(&source, &dest);
+        let stats = mirror.sync_all().unwrap();
+        assert_same(&source, &dest);
+        assert_eq!(stats.files, 4);
+        assert_eq!(stats.removed, 1);
+        assert_eq!(mirror.sync_all().unwrap(), SyncStats::default(), "a second sync finds nothing to do");
+    }
+
+    #[test]
+    fn a_changed_block_is_the_only_thing_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, dest) = (dir.path().join("src"), dir.path().join("dst"));
+        let mut image = noise(16 * BLOCK, 3);
+        write(&source.join("disk.img"), &image);
+        let mirror = Mirror::new(&source, &dest);
+        mirror.sync_all().unwrap();
+        image[5 * BLOCK + 100..5 * BLOCK + 200].fill(0xee);
+        fs::write(source.join("disk.img"), &image).unwrap();
+        let stats = mirror.sync_paths([source.join("disk.img").as_path()]).unwrap();
+        assert_eq!(stats.bytes_written, BLOCK as u64, "{stats:?}");
+        assert_eq!(stats.bytes_read, 16 * BLOCK as u64);
+        assert_same(&source, &dest);
+
+        // A new mirror (a restarted replica) compares against the mirror's bytes instead.
+        image[9 * BLOCK] ^= 1;
+        image.truncate(12 * BLOCK + 5);
+        fs::write(source.join("disk.img"), &image).unwrap();
+        let restarted = Mirror::new(&source, &dest);
+        let stats = restarted.sync_paths([source.join("disk.img").as_path()]).unwrap();
+        assert_eq!(stats.bytes_written, BLOCK as u64, "only block 9; the tail is cut, not written: {stats:?}");
+        assert_same(&source, &dest);
+    }
+
+    #[test]
+    fn paths_that_changed_kind_or_vanished_follow_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, dest) = (dir.path().join("src"), dir.path().join("dst"));
+        write(&source.join("x/y.txt"), b"y");
+        write(&source.join("z"), b"z");
+        let mirror = Mirror::new(&source, &dest);
+        mirror.sync_all().unwrap();
+        fs::remove_dir_all(source.join("x")).unwrap();
+        write(&source.join("x"), b"now a file");
+        fs::remove_file(source.join("z")).unwrap();
+        write(&source.join("z/inside.txt"), b"now a folder");
+        write(&source.join("new/deep/file"), b"new");
+        let paths = [source.join("x"), source.join("z"), source.join("new")];
+        let stats = mirror.sync_paths(paths.iter().map(PathBuf::as_path)).unwrap();
+        assert_same(&source, &dest);
+        assert!(stats.changed());
+        fs::remove_dir_all(source.join("new")).unwrap();
+        let stats = mirror.sync_paths([source.join("new/deep/file").as_path(), source.join("new").as_path()]).unwrap();
+        assert_eq!(stats.removed, 1, "{stats:?}");
+        assert_same(&source, &dest);
+    }
+}

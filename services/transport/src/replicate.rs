@@ -1,0 +1,419 @@
+//! Replicas: a replicate job keeps a live copy of a source (a folder, or a disk image file)
+//! nearly in step — file-system notifications, debounced, plus a periodic rescan; only changed
+//! blocks of a changed file are written — and records recovery points beside it, so a source
+//! that was deleted or encrypted can be rolled back, not just mirrored.
+//!
+//! A replica kept in a folder `D` holds the live copy in `D/live` (for an image source,
+//! `D/live/<image name>`) and its recovery points as snapshots of the live copy in a
+//! repository at `D/points` (deduplicated, so a point costs only what changed). A point is
+//! recorded once changes have settled and at most every half RPO (1 s to 5 min), with the worst
+//! lag seen since the last one; the domain raises `ReplicaLagExceeded` when that lag is over
+//! the RPO. The live lag is a metric, `arca_replica_lag_seconds{replica}`.
+//!
+//! Failover (its own job) stops the follower and makes a kept point the live copy: the point
+//! is restored beside `D/live` and swapped in. Failback copies the live copy, with whatever
+//! changed during failover, back over the source, and starts a new replicate job.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arca_bus::ExecuteError;
+use arca_domain::Lifecycle;
+use arca_domain::job::{Job, JobCommand};
+use arca_domain::replica::{Replica, ReplicaCommand};
+use arca_domain::source::Source;
+use arca_events::{JobKind, ReplicaDestination, ReplicaId, SourceKind, Trigger};
+use arca_replica::{FollowSettings, Mirror, follow};
+use arca_repo::restore::{RestoreOptions, restore};
+use arca_repo::{BackupOptions, BackupSource, Repository};
+use arca_worker::ids::replicate_job_id;
+use arca_worker::runner::start_job;
+use arca_worker::{JobContext, JobError, JobHandler, JobOutcome, Targets};
+use chrono::Utc;
+
+/// Tag on every recovery point of a replica.
+fn point_tag(replica: ReplicaId) -> String {
+    format!("replica:{replica}")
+}
+
+/// Where a folder replica keeps things.
+struct Layout {
+    live: PathBuf,
+    points: PathBuf,
+    /// Where a failover restores a point before swapping it in.
+    staging: PathBuf,
+    /// Locked by whoever writes the live copy: the follower, a failover, a failback.
+    lock: PathBuf,
+}
+
+fn layout(destination: &str, source: &Path) -> Layout {
+    let root = PathBuf::from(destination);
+    let live = if source.is_dir() {
+        root.join("live")
+    } else {
+        root.join("live").join(source.file_name().unwrap_or_else(|| "image".as_ref()))
+    };
+    Layout { live, points: root.join("points"), staging: root.join(".failover"), lock: root.join(".lock") }
+}
+
+/// Takes the replica folder's lock, waiting up to a minute for its holder (a follower that
+/// was just cancelled stops within a tenth of a second) to let go.
+fn lock_folder(layout: &Layout) -> Result<std::fs::File, JobError> {
+    if let Some(parent) = layout.lock.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| io_error("create the replica folder", e))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&layout.lock)
+        .map_err(|e| io_error("open the replica's lock", e))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(JobError::Temporary("another job still holds the replica folder".into()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_error("lock the replica folder", e)),
+        }
+    }
+}
+
+struct Replicated {
+    id: ReplicaId,
+    replica: Replica,
+    source: PathBuf,
+    folder: String,
+}
+
+/// The replica a job works for, its source path and its destination folder.
+async fn load(ctx: &JobContext) -> Result<Option<Replicated>, JobError> {
+    let Some(Trigger::Replica { replica: id }) = ctx.job.trigger else {
+        return Err(JobError::Permanent("a replica job is triggered by its replica".into()));
+    };
+    let (replica, _) = ctx.store.load_state::<Replica>(ctx.tenant, id.as_uuid()).await?;
+    if replica.status != Lifecycle::Active {
+        return Ok(None);
+    }
+    let (source, _) = ctx.store.load_state::<Source>(ctx.tenant, replica.source.as_uuid()).await?;
+    let path = match (source.kind, &source.paths[..]) {
+        (Some(SourceKind::Files | SourceKind::Image), [path]) if source.status == Lifecycle::Active => {
+            PathBuf::from(path)
+        }
+        (Some(SourceKind::Postgres), _) => {
+            return Err(JobError::Permanent("a PostgreSQL source is protected by backups, not replicas".into()));
+        }
+        (Some(_), _) if source.status == Lifecycle::Active => {
+            return Err(JobError::Permanent("a replicated source names exactly one folder or image".into()));
+        }
+        _ => return Err(JobError::Permanent(format!("source {} does not exist or was removed", replica.source))),
+    };
+    let folder = match &replica.destination {
+        Some(ReplicaDestination::Directory { path }) => path.clone(),
+        Some(ReplicaDestination::Target { .. }) => {
+            return Err(JobError::Permanent(
+                "replicas on a target are not supported yet; use a folder replica or a backup policy with a copy target"
+                    .into(),
+            ));
+        }
+        None => return Err(JobError::Permanent(format!("replica {id} has no destination"))),
+    };
+    Ok(Some(Replicated { id, replica, source: path, folder }))
+}
+
+fn repo_error(e: arca_repo::Error) -> JobError {
+    if e.is_temporary() { JobError::Temporary(e.to_string()) } else { JobError::Permanent(e.to_string()) }
+}
+
+fn io_error(what: &str, e: std::io::Error) -> JobError {
+    JobError::Temporary(format!("{what}: {e}"))
+}
+
+/// Follows replicas' sources.
+pub struct ReplicateHandler {
+    targets: Targets,
+    settings: FollowSettings,
+}
+
+impl ReplicateHandler {
+    pub fn new(targets: Targets, settings: FollowSettings) -> Self {
+        ReplicateHandler { targets, settings }
+    }
+}
+
+impl JobHandler for ReplicateHandler {
+    fn kind(&self) -> JobKind {
+        JobKind::Replicate
+    }
+
+    async fn run(&self, ctx: JobContext) -> Result<JobOutcome, JobError> {
+        let Some(work) = load(&ctx).await? else { return Ok(JobOutcome::default()) };
+        if work.replica.is_failed_over() {
+            // Failed over: the live copy is the replica's own now; a failback resumes.
+            return Ok(JobOutcome::default());
+        }
+        if !work.source.exists() {
+            return Err(JobError::Temporary(format!("the source {} is not there", work.source.display())));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopper = tokio::spawn({
+            let (ctx, stop) = (ctx.clone(), stop.clone());
+            async move {
+                ctx.cancelled().await;
+                stop.store(true, Ordering::Relaxed);
+            }
+        });
+        let targets = self.targets.clone();
+        let settings = self.settings.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let follower = {
+            let (ctx, stop) = (ctx.clone(), stop.clone());
+            tokio::task::spawn_blocking(move || follow_source(&ctx, &targets, &settings, &work, &stop, &runtime))
+        };
+        let result = follower.await.map_err(|e| JobError::Temporary(format!("the replica thread stopped: {e}")))?;
+        stopper.abort();
+        result
+    }
+}
+
+/// The follow loop of one replica (blocking).
+fn follow_source(
+    ctx: &JobContext,
+    targets: &Targets,
+    settings: &FollowSettings,
+    work: &Replicated,
+    stop: &AtomicBool,
+    runtime: &tokio::runtime::Handle,
+) -> Result<JobOutcome, JobError> {
+    let layout = layout(&work.folder, &work.source);
+    let _lock = lock_folder(&layout)?;
+    let repo = targets.local_repository(ctx.tenant, &layout.points).map_err(repo_error)?;
+    let mirror = Mirror::new(&work.source, &layout.live);
+    let point_every = Duration::from_secs((work.replica.rpo_seconds / 2).clamp(1, 300));
+    let lag_gauge = metrics::gauge!("arca_replica_lag_seconds", "replica" => work.id.to_string());
+    let lag_histogram = metrics::histogram!("arca_replica_lag", "replica" => work.id.to_string());
+    let mut last_point: Option<Instant> = None;
+    let mut dirty = false;
+    let mut settled_since = Instant::now();
+    let mut worst_lag = Duration::ZERO;
+    // Points dropped since the last prune.
+    let mut dropped = 0;
+    let mut outcome = JobOutcome::default();
+    let mut failure = None;
+    let followed = follow(&mirror, settings, stop, |pass| {
+        if pass.full || pass.stats.changed() {
+            dirty = true;
+            settled_since = Instant::now();
+            outcome.bytes_read += pass.stats.bytes_read;
+            outcome.bytes_added += pass.stats.bytes_written;
+            outcome.files += pass.stats.files;
+        }
+        if let Some(lag) = pass.lag() {
+            lag_gauge.set(lag.as_secs_f64());
+            lag_histogram.record(lag.as_secs_f64());
+            worst_lag = worst_lag.max(lag);
+        } else if !pass.stats.changed() {
+            lag_gauge.set(0.0);
+        }
+        // A point once changes settle (a quiet debounce), never more often than every half RPO.
+        let due = last_point.is_none_or(|at| at.elapsed() >= point_every);
+        if dirty && due && (settled_since.elapsed() >= settings.debounce || pass.full) {
+            match record_point(ctx, &repo, work, &layout.live, worst_lag, runtime, &mut dropped) {
+                Ok(()) => {
+                    last_point = Some(Instant::now());
+                    dirty = false;
+                    worst_lag = Duration::ZERO;
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    return false;
+                }
+            }
+        }
+        !stop.load(Ordering::Relaxed)
+    });
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
+    followed.map_err(|e| io_error("follow the source", e))?;
+    Ok(outcome)
+}
+
+/// Snapshots the live copy into the points repository, records the point, drops points beyond
+/// the replica's `keep_points` (counting them in `dropped`) and prunes once enough were dropped.
+fn record_point(
+    ctx: &JobContext,
+    repo: &Repository,
+    work: &Replicated,
+    live: &Path,
+    lag: Duration,
+    runtime: &tokio::runtime::Handle,
+    dropped: &mut usize,
+) -> Result<(), JobError> {
+    let tag = point_tag(work.id);
+    let what = if live.is_dir() {
+        BackupSource::Paths(vec![live.to_path_buf()])
+    } else {
+        BackupSource::Image(live.to_path_buf())
+    };
+    let options = BackupOptions {
+        tags: vec![tag.clone()],
+        hostname: Some(format!("replica-{}", work.id)),
+        ..BackupOptions::default()
+    };
+    let outcome = arca_repo::backup(repo, what, &options).map_err(repo_error)?;
+    let command = ReplicaCommand::RecordPoint {
+        point: outcome.snapshot_id.clone(),
+        at: outcome.snapshot.time,
+        lag_ms: lag.as_millis() as u64,
+    };
+    runtime.block_on(ctx.store.execute::<Replica>(ctx.tenant, work.id, &command, &ctx.meta))?;
+    tracing::debug!(replica = %work.id, point = %outcome.snapshot_id, lag_ms = lag.as_millis() as u64, "recovery point");
+    let mut points: Vec<(String, chrono::DateTime<Utc>)> = repo
+        .snapshots()
+        .map_err(repo_error)?
+        .into_iter()
+        .filter(|(_, s)| s.tags.contains(&tag))
+        .map(|(id, s)| (id, s.time))
+        .collect();
+    points.sort_by_key(|(_, time)| *time);
+    let keep = work.replica.keep_points as usize;
+    if points.len() > keep {
+        for (id, _) in &points[..points.len() - keep] {
+            repo.delete_snapshot(id).map_err(repo_error)?;
+            *dropped += 1;
+        }
+    }
+    // Reclaim the space of dropped points now and then (prune reads the whole index).
+    if *dropped >= keep.max(8) {
+        arca_repo::prune::prune(repo, &arca_repo::prune::PruneOptions::default()).map_err(repo_error)?;
+        *dropped = 0;
+    }
+    Ok(())
+}
+
+/// Makes the point a replica was failed over to its live copy.
+pub struct FailoverHandler {
+    targets: Targets,
+}
+
+impl FailoverHandler {
+    pub fn new(targets: Targets) -> Self {
+        FailoverHandler { targets }
+    }
+}
+
+impl JobHandler for FailoverHandler {
+    fn kind(&self) -> JobKind {
+        JobKind::Failover
+    }
+
+    async fn run(&self, ctx: JobContext) -> Result<JobOutcome, JobError> {
+        let Some(work) = load(&ctx).await? else {
+            return Err(JobError::Permanent("the replica was deleted".into()));
+        };
+        let Some(point) = work.replica.failed_over_to.clone() else {
+            return Err(JobError::Permanent("the replica is not failed over (it was failed back meanwhile)".into()));
+        };
+        // The follower must not write into the live copy while it is replaced.
+        let cancel = JobCommand::Cancel { reason: Some("the replica is failing over".into()) };
+        let follower = replicate_job_id(work.id, work.replica.failbacks);
+        match ctx.store.execute::<Job>(ctx.tenant, follower, &cancel, &ctx.meta).await {
+            Ok(_) | Err(ExecuteError::Domain(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let targets = self.targets.clone();
+        let tenant = ctx.tenant;
+        tokio::task::spawn_blocking(move || {
+            let layout = layout(&work.folder, &work.source);
+            // Waits for the cancelled follower to let go of the live copy.
+            let _lock = lock_folder(&layout)?;
+            let repo = targets.local_repository(tenant, &layout.points).map_err(repo_error)?;
+            let (_, snapshot) = repo.find_snapshot(&point).map_err(repo_error)?;
+            if layout.staging.exists() {
+                std::fs::remove_dir_all(&layout.staging)
+                    .map_err(|e| io_error("clear the failover staging folder", e))?;
+            }
+            let summary = restore(&repo, &snapshot, &layout.staging, &RestoreOptions::default()).map_err(repo_error)?;
+            // The restore recreates the point's absolute path below the staging folder.
+            let restored = layout.staging.join(layout.live.strip_prefix("/").unwrap_or(&layout.live));
+            let old = layout.staging.with_extension("old");
+            if layout.live.exists() {
+                std::fs::rename(&layout.live, &old).map_err(|e| io_error("move the live copy aside", e))?;
+            }
+            std::fs::rename(&restored, &layout.live).map_err(|e| io_error("make the point live", e))?;
+            let _ = std::fs::remove_dir_all(&old);
+            let _ = std::fs::remove_dir_all(&layout.staging);
+            tracing::info!(replica = %work.id, %point, live = %layout.live.display(), "failed over");
+            Ok(JobOutcome {
+                snapshot: None,
+                bytes_read: summary.bytes,
+                bytes_added: summary.bytes,
+                files: summary.files,
+            })
+        })
+        .await
+        .map_err(|e| JobError::Temporary(format!("the failover thread stopped: {e}")))?
+    }
+}
+
+/// Copies a failed-over replica's live copy back over its source, then follows it again.
+pub struct FailbackHandler;
+
+impl JobHandler for FailbackHandler {
+    fn kind(&self) -> JobKind {
+        JobKind::Failback
+    }
+
+    async fn run(&self, ctx: JobContext) -> Result<JobOutcome, JobError> {
+        let Some(work) = load(&ctx).await? else {
+            return Err(JobError::Permanent("the replica was deleted".into()));
+        };
+        if !work.replica.is_failed_over() {
+            return Ok(JobOutcome::default());
+        }
+        let layout = layout(&work.folder, &work.source);
+        let source = work.source.clone();
+        let stats = tokio::task::spawn_blocking(move || {
+            let _lock = lock_folder(&layout)?;
+            Mirror::new(&layout.live, &source)
+                .sync_all()
+                .map_err(|e| io_error("copy the live copy back to the source", e))
+        })
+        .await
+        .map_err(|e| JobError::Temporary(format!("the failback thread stopped: {e}")))??;
+        match ctx.store.execute::<Replica>(ctx.tenant, work.id, &ReplicaCommand::FailBack, &ctx.meta).await {
+            Ok(_) | Err(ExecuteError::Domain(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Follow the source again, with the next generation's job.
+        let (replica, _) = ctx.store.load_state::<Replica>(ctx.tenant, work.id.as_uuid()).await?;
+        let follower = replicate_job_id(work.id, replica.failbacks);
+        let request = JobCommand::Request {
+            kind: JobKind::Replicate,
+            trigger: Trigger::Replica { replica: work.id },
+            policy: None,
+            source: Some(replica.source),
+            target: None,
+            snapshot: None,
+            mode: None,
+            site: ctx.job.site.clone(),
+        };
+        match start_job(&ctx.store, ctx.tenant, follower, &request, &ctx.meta).await {
+            Ok(()) | Err(ExecuteError::Domain(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(JobOutcome {
+            snapshot: None,
+            bytes_read: stats.bytes_read,
+            bytes_added: stats.bytes_written,
+            files: stats.files,
+        })
+    }
+}
