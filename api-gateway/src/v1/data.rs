@@ -278,6 +278,7 @@ pub enum AuditKind {
     Snapshot,
     Restore,
     Replica,
+    Export,
 }
 
 /// The tenant's audit trail: every change, newest first, with who caused it.

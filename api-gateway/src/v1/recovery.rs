@@ -204,11 +204,11 @@ async fn open_path(
     snapshot: Uuid,
     path: String,
 ) -> Result<(Repository, Arc<arca_repo::repository::Index>, Node, String)> {
+    let (found, _) = state.store.load_state::<Snapshot>(auth.tenant, snapshot).await?;
+    let Some(commit) = found.commit.filter(|_| !found.forgotten) else { return Err(ApiError::not_found()) };
     let Some(targets) = &state.targets else {
         return Err(ApiError::unavailable("this gateway has no server key, so it cannot read repositories"));
     };
-    let (found, _) = state.store.load_state::<Snapshot>(auth.tenant, snapshot).await?;
-    let Some(commit) = found.commit.filter(|_| !found.forgotten) else { return Err(ApiError::not_found()) };
     let spec = targets.describe(auth.tenant, commit.target).await.map_err(|e| {
         tracing::warn!(error = %e, "cannot describe a snapshot's target");
         ApiError::unavailable("the snapshot's target cannot be read now")

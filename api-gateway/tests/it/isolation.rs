@@ -27,6 +27,7 @@ struct Objects {
     policy: String,
     job: String,
     restore: String,
+    replica: String,
     key: String,
 }
 
@@ -43,17 +44,22 @@ impl Objects {
             &self.job
         } else if template.starts_with("/v1/restores/") {
             &self.restore
+        } else if template.starts_with("/v1/replicas/") {
+            &self.replica
         } else if template.starts_with("/v1/tenants/") {
             &self.key
         } else {
-            // No snapshot exists without a backup: any id will do to show nothing leaks.
+            // No snapshot (nor export of one) exists without a backup: any id will do to show
+            // nothing leaks.
             "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
         };
-        template.replace("{tenant}", &self.tenant).replace("{id}", id)
+        let path = template.replace("{tenant}", &self.tenant).replace("{id}", id);
+        // Downloads name a path in the snapshot.
+        if template.ends_with("/content") || template.ends_with("/archive") { format!("{path}?path=/x") } else { path }
     }
 
-    fn all(&self) -> [&str; 7] {
-        [&self.tenant, &self.target, &self.source, &self.policy, &self.job, &self.restore, &self.key]
+    fn all(&self) -> [&str; 8] {
+        [&self.tenant, &self.target, &self.source, &self.policy, &self.job, &self.restore, &self.replica, &self.key]
     }
 }
 
@@ -67,6 +73,9 @@ fn body_for(template: &str) -> Value {
         }
         "/v1/targets" => json!({ "name": "t", "location": "fs:///srv/x" }),
         "/v1/sources" => json!({ "name": "s", "paths": ["/x"] }),
+        "/v1/replicas" => json!({ "name": "r", "source": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+                                  "destination": { "type": "directory", "path": "/srv/r" } }),
+        "/v1/exports" => json!({ "snapshot": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b" }),
         "/v1/tenants" => json!({ "name": "t" }),
         _ => json!({}),
     }
@@ -99,6 +108,14 @@ async fn tenant_a(app: &TestApp) -> Objects {
         })
         .await;
     let key = keys.body["items"][0]["id"].as_str().unwrap().to_owned();
+    let replica = app
+        .create(
+            "/v1/replicas",
+            &admin,
+            json!({ "name": "standby", "source": source, "destination": { "type": "directory", "path": "/srv/standby" } }),
+        )
+        .await["id"]
+        .clone();
     let text = |v: Value| v.as_str().unwrap().to_owned();
     let objects = Objects {
         tenant,
@@ -107,10 +124,15 @@ async fn tenant_a(app: &TestApp) -> Objects {
         policy,
         job: text(job),
         restore: text(restore),
+        replica: text(replica),
         key,
     };
-    // Wait until the catalog shows A's job and restore, so a 404 below is not just lag.
-    for path in [format!("/v1/jobs/{}", objects.job), format!("/v1/restores/{}", objects.restore)] {
+    // Wait until the catalog shows A's job, restore and replica, so a 404 below is not just lag.
+    for path in [
+        format!("/v1/jobs/{}", objects.job),
+        format!("/v1/restores/{}", objects.restore),
+        format!("/v1/replicas/{}", objects.replica),
+    ] {
         app.eventually(Method::GET, &path, Some(&admin), None, |a| a.status == StatusCode::OK).await;
     }
     objects
@@ -174,8 +196,14 @@ async fn every_write_with_a_viewer_key_is_403() {
         // Configuration is a tenant admin's: an operator may start work, not change it.
         let admin_only = matches!(
             template.as_str(),
-            "/v1/targets" | "/v1/sources" | "/v1/policies" | "/v1/snapshots/{id}/forget" | "/v1/tenants"
-        ) || template.starts_with("/v1/tenants/");
+            "/v1/targets"
+                | "/v1/sources"
+                | "/v1/policies"
+                | "/v1/snapshots/{id}/forget"
+                | "/v1/tenants"
+                | "/v1/replicas"
+        ) || template.starts_with("/v1/tenants/")
+            || (template == "/v1/replicas/{id}" && method == Method::DELETE);
         if admin_only {
             let answer = app.request(method.clone(), &path, Some(&operator), body).await;
             assert_eq!(answer.status, StatusCode::FORBIDDEN, "{method} {path} with an operator key: {answer:?}");
@@ -184,9 +212,11 @@ async fn every_write_with_a_viewer_key_is_403() {
     // Every read works with the viewer key.
     for (method, template) in operations() {
         // (A job's events are a stream that lasts while the job does.)
+        // (No snapshot exists, so no export of one either.)
         if method != Method::GET
             || template.starts_with("/v1/tenants")
             || template.contains("/snapshots/")
+            || template.starts_with("/v1/exports/")
             || template.ends_with("/events")
         {
             continue;

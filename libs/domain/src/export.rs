@@ -3,7 +3,7 @@
 //! job of its own until it is stopped; a client reaches it only by the export name shown
 //! once when it was requested (the log keeps just the name's hash).
 
-use arca_events::{AggregateType, Event, ExportRequested, ExportServing, ExportStopped, JobId, SnapshotId};
+use arca_events::{AggregateType, Event, ExportRequested, ExportStarted, ExportStopped, JobId, SnapshotId};
 
 use crate::{Aggregate, Context, DomainError, validate};
 
@@ -102,7 +102,7 @@ impl Aggregate for Export {
             (ExportStatus::Missing, _) => return Err(DomainError::NotFound { aggregate: AggregateType::Export }),
             (ExportStatus::Requested | ExportStatus::Serving, ExportCommand::Serve { address }) => {
                 validate::not_blank("address", address)?;
-                ExportServing { address: address.clone() }.into()
+                ExportStarted { address: address.clone() }.into()
             }
             (ExportStatus::Requested | ExportStatus::Serving, ExportCommand::Stop { error }) => {
                 if let Some(error) = error {
@@ -125,7 +125,7 @@ impl Aggregate for Export {
                 self.job = e.job;
                 self.site.clone_from(&e.site);
             }
-            Event::ExportServing(e) => {
+            Event::ExportStarted(e) => {
                 self.status = ExportStatus::Serving;
                 self.address = Some(e.address.clone());
             }
@@ -172,7 +172,7 @@ mod tests {
             .when(ExportCommand::Serve { address: "127.0.0.1:10809".into() })
             .then_expect_ok();
         assert_eq!(state.address.as_deref(), Some("127.0.0.1:10809"));
-        let serving: Event = ExportServing { address: "127.0.0.1:10809".into() }.into();
+        let serving: Event = ExportStarted { address: "127.0.0.1:10809".into() }.into();
         let state = AggregateTest::<Export>::given(vec![requested(), serving.clone()])
             .when(ExportCommand::Serve { address: "10.0.0.2:10809".into() })
             .then_expect_ok();

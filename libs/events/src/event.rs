@@ -130,7 +130,7 @@ events! {
     }
     Export {
         ExportRequested = 1,
-        ExportServing = 1,
+        ExportStarted = 1,
         ExportStopped = 1,
     }
 }
@@ -492,9 +492,9 @@ pub struct ExportRequested {
     pub site: Option<String>,
 }
 
-/// A recovery instance serves the export at `address` (`host:port`).
+/// A recovery instance started serving the export at `address` (`host:port`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExportServing {
+pub struct ExportStarted {
     pub address: String,
 }
 

@@ -461,7 +461,7 @@ impl Tables {
 
             // ---- Export ----
             // Short-lived: the gateway reads an export from its events; the audit log keeps them.
-            Event::ExportRequested(_) | Event::ExportServing(_) | Event::ExportStopped(_) => {}
+            Event::ExportRequested(_) | Event::ExportStarted(_) | Event::ExportStopped(_) => {}
         }
     }
 }
