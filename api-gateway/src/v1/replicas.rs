@@ -8,6 +8,7 @@ use arca_domain::Lifecycle;
 use arca_domain::job::{Job, JobCommand};
 use arca_domain::replica::{Replica, ReplicaCommand};
 use arca_domain::source::Source;
+use arca_domain::target::Target;
 use arca_events::{JobId, JobKind, ReplicaDestination, ReplicaId, Trigger};
 use arca_worker::ids::replicate_job_id;
 use arca_worker::runner::start_job;
@@ -31,6 +32,9 @@ pub enum ReplicaTo {
         #[schema(min_length = 2, example = "/srv/standby/www")]
         path: String,
     },
+    /// An S3 or Azure target of the tenant: recovery points only (snapshots in its repository,
+    /// restorable like any other); failed over by restoring one.
+    Target { target: Uuid },
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -99,11 +103,25 @@ pub async fn create_replica(
         )
         .with_field("source"));
     }
-    let ReplicaTo::Directory { path } = body.destination;
+    let destination = match body.destination {
+        ReplicaTo::Directory { path } => ReplicaDestination::Directory { path },
+        ReplicaTo::Target { target } => {
+            let (found, _) = state.store.load_state::<Target>(auth.tenant, target).await?;
+            if found.status != Lifecycle::Active {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid",
+                    format!("target `{target}` does not exist"),
+                )
+                .with_field("destination.target"));
+            }
+            ReplicaDestination::Target { target: target.into() }
+        }
+    };
     let command = ReplicaCommand::Create {
         name: body.name,
         source: body.source.into(),
-        destination: ReplicaDestination::Directory { path },
+        destination,
         rpo_seconds: body.rpo_seconds,
         keep_points: body.keep_points,
     };

@@ -243,7 +243,7 @@ pub(crate) fn define_in(
 }
 
 /// Adds an S3 target (on `endpoint`, or the emulator's own) named `name`; returns its id.
-fn add_s3_target(
+pub(crate) fn add_s3_target(
     platform: &Platform,
     tenant: &str,
     bucket: &arca_testkit::TestTarget,

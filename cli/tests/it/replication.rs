@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::helpers::{noise, write};
-use crate::platform::{API_KEY, Platform, define_in};
+use crate::platform::{API_KEY, Platform, add_s3_target, define_in};
 
 /// What a tree holds, by relative path: kind, mode and bytes (or link target).
 fn digest(root: &Path) -> BTreeMap<PathBuf, (String, u32, Vec<u8>)> {
@@ -204,4 +204,91 @@ fn a_replica_follows_changes_rolls_back_ransomware_by_failover_and_fails_back() 
     let (code, _) = call("POST", &format!("/v1/replicas/{replica}/failback"), None);
     assert_eq!(code, 404);
     assert!(live.join("after-failback.txt").exists());
+}
+
+/// A replica on an S3 target keeps recovery points as snapshots there, each a backup of what
+/// changed; the latest point restores to the source's current content.
+#[test]
+fn a_replica_on_an_object_store_keeps_points_that_restore() {
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("src");
+    make_tree(&source);
+    let platform = Platform::new().all_in_one();
+    let tenant = platform.arca(&["tenant", "create", "acme"]);
+    let [_, source_id, _] =
+        define_in(&platform, &tenant, &source, &work.path().join("repo"), &[], &["--every", "3600"]);
+    let bucket = arca_testkit::target(arca_testkit::Backend::S3);
+    let offsite = add_s3_target(&platform, &tenant, &bucket, None);
+    let api = platform.api();
+    let call = |method: &str, path: &str, body: Option<Value>| curl(&api, method, path, &tenant, body);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while call("GET", "/v1/replicas", None).0 != 200 {
+        assert!(Instant::now() < deadline, "the API never accepted the bootstrap key");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, created) = call(
+        "POST",
+        "/v1/replicas",
+        Some(json!({ "name": "offsite", "source": source_id, "destination": { "type": "target", "target": offsite },
+                     "rpo_seconds": 2, "keep_points": 2 })),
+    );
+    assert_eq!(code, 201, "{created}");
+    let replica = created["id"].as_str().unwrap().to_owned();
+    let point_after = |seen: i64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, state) = call("GET", &format!("/v1/replicas/{replica}"), None);
+            if state["points_recorded"].as_i64().unwrap_or(0) > seen {
+                return state;
+            }
+            assert!(Instant::now() < deadline, "no new point: {state}\n{}", platform.log("server"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let first = point_after(0);
+    for round in 0..3 {
+        write(&source.join(format!("www/new-{round}.html")), b"new");
+        let state = point_after(first["points_recorded"].as_i64().unwrap() + round);
+        assert!(state["lag_ms"].is_i64(), "{state}");
+    }
+    // Wait for the point that carries the last change, then restore it.
+    let expected = digest(&source);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let restored = work.path().join("restored");
+    loop {
+        let (_, state) = call("GET", &format!("/v1/replicas/{replica}"), None);
+        let point = state["last_point"].as_str().unwrap().to_owned();
+        let _ = std::fs::remove_dir_all(&restored);
+        let (code, started) = call(
+            "POST",
+            "/v1/restores",
+            Some(json!({ "snapshot": point, "to": { "type": "directory", "path": restored.display().to_string() } })),
+        );
+        assert_eq!(code, 202, "{started}");
+        platform.wait_succeeded(&tenant, started["job"].as_str().unwrap());
+        let inside = restored.join(source.strip_prefix("/").unwrap());
+        if digest(&inside) == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no point restores the source's current content");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Points beyond keep_points are forgotten by the storage service.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, snapshots) = call("GET", "/v1/snapshots?limit=500", None);
+        let tag = format!("replica:{replica}");
+        let kept = snapshots["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["status"] != "forgotten" && s.to_string().contains(&tag))
+            .count();
+        // At least four points were recorded; the newest two stay.
+        if (1..=2).contains(&kept) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "old points were not forgotten: {snapshots}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -13,24 +13,30 @@
 //! Failover (its own job) stops the follower and makes a kept point the live copy: the point
 //! is restored beside `D/live` and swapped in. Failback copies the live copy, with whatever
 //! changed during failover, back over the source, and starts a new replicate job.
+//!
+//! A replica on an S3 or Azure target keeps no live copy: its recovery points are incremental
+//! backups of the source into the target's repository, driven by the same notifications, and
+//! committed as snapshots; it is failed over by restoring one of them. Points it no longer keeps
+//! are forgotten by storage jobs (transport workers never delete).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arca_bus::ExecuteError;
-use arca_domain::Lifecycle;
 use arca_domain::job::{Job, JobCommand};
 use arca_domain::replica::{Replica, ReplicaCommand};
+use arca_domain::snapshot::{Snapshot, SnapshotCommand};
 use arca_domain::source::Source;
-use arca_events::{JobKind, ReplicaDestination, ReplicaId, SourceKind, Trigger};
-use arca_replica::{FollowSettings, Mirror, follow};
+use arca_domain::{DomainError, Lifecycle};
+use arca_events::{JobKind, ReplicaDestination, ReplicaId, SourceKind, TargetId, Trigger};
+use arca_replica::{FollowSettings, Mirror, Replicator, SyncStats, follow};
 use arca_repo::restore::{RestoreOptions, restore};
 use arca_repo::{BackupOptions, BackupSource, Repository};
-use arca_worker::ids::replicate_job_id;
+use arca_worker::ids::{follow_up_job_id, replicate_job_id, snapshot_id};
 use arca_worker::runner::start_job;
-use arca_worker::{JobContext, JobError, JobHandler, JobOutcome, Targets};
+use arca_worker::{JobContext, JobError, JobHandler, JobOutcome, TargetSpec, Targets, usage};
 use chrono::Utc;
 
 /// Tag on every recovery point of a replica.
@@ -89,7 +95,24 @@ struct Replicated {
     id: ReplicaId,
     replica: Replica,
     source: PathBuf,
-    folder: String,
+    to: Destination,
+}
+
+enum Destination {
+    Folder(String),
+    Target(TargetId),
+}
+
+impl Replicated {
+    /// The folder of a folder replica (failover and failback need one).
+    fn folder(&self) -> Result<&str, JobError> {
+        match &self.to {
+            Destination::Folder(folder) => Ok(folder),
+            Destination::Target(_) => {
+                Err(JobError::Permanent("a replica on a target is failed over by restoring one of its points".into()))
+            }
+        }
+    }
 }
 
 /// The replica a job works for, its source path and its destination folder.
@@ -114,17 +137,12 @@ async fn load(ctx: &JobContext) -> Result<Option<Replicated>, JobError> {
         }
         _ => return Err(JobError::Permanent(format!("source {} does not exist or was removed", replica.source))),
     };
-    let folder = match &replica.destination {
-        Some(ReplicaDestination::Directory { path }) => path.clone(),
-        Some(ReplicaDestination::Target { .. }) => {
-            return Err(JobError::Permanent(
-                "replicas on a target are not supported yet; use a folder replica or a backup policy with a copy target"
-                    .into(),
-            ));
-        }
+    let to = match &replica.destination {
+        Some(ReplicaDestination::Directory { path }) => Destination::Folder(path.clone()),
+        Some(ReplicaDestination::Target { target }) => Destination::Target(*target),
         None => return Err(JobError::Permanent(format!("replica {id} has no destination"))),
     };
-    Ok(Some(Replicated { id, replica, source: path, folder }))
+    Ok(Some(Replicated { id, replica, source: path, to }))
 }
 
 fn repo_error(e: arca_repo::Error) -> JobError {
@@ -172,9 +190,20 @@ impl JobHandler for ReplicateHandler {
         let targets = self.targets.clone();
         let settings = self.settings.clone();
         let runtime = tokio::runtime::Handle::current();
+        let spec = match work.to {
+            Destination::Target(target) => {
+                let spec = self.targets.describe(ctx.tenant, target).await?;
+                self.targets.ensure_repository(&spec).await?;
+                Some(spec)
+            }
+            Destination::Folder(_) => None,
+        };
         let follower = {
             let (ctx, stop) = (ctx.clone(), stop.clone());
-            tokio::task::spawn_blocking(move || follow_source(&ctx, &targets, &settings, &work, &stop, &runtime))
+            tokio::task::spawn_blocking(move || match spec {
+                Some(spec) => follow_into_target(&ctx, &spec, &settings, &work, &stop, &runtime),
+                None => follow_source(&ctx, &targets, &settings, &work, &stop, &runtime),
+            })
         };
         let result = follower.await.map_err(|e| JobError::Temporary(format!("the replica thread stopped: {e}")))?;
         stopper.abort();
@@ -191,7 +220,7 @@ fn follow_source(
     stop: &AtomicBool,
     runtime: &tokio::runtime::Handle,
 ) -> Result<JobOutcome, JobError> {
-    let layout = layout(&work.folder, &work.source);
+    let layout = layout(work.folder()?, &work.source);
     let _lock = lock_folder(&layout)?;
     let repo = targets.local_repository(ctx.tenant, &layout.points).map_err(repo_error)?;
     let mirror = Mirror::new(&work.source, &layout.live);
@@ -243,6 +272,170 @@ fn follow_source(
     }
     followed.map_err(|e| io_error("follow the source", e))?;
     Ok(outcome)
+}
+
+/// What a replica on a target follows: the changes themselves are carried by backups of the
+/// source into the target's repository, so a pass only notes how old the oldest change is.
+struct Changes {
+    source: PathBuf,
+}
+
+impl Replicator for Changes {
+    fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// The first pass and every rescan: the backup engine finds what changed.
+    fn sync_all(&self) -> std::io::Result<SyncStats> {
+        Ok(SyncStats { files: 1, oldest_change: Some(SystemTime::now()), ..SyncStats::default() })
+    }
+
+    fn sync_paths(&self, paths: &mut dyn Iterator<Item = &Path>) -> std::io::Result<SyncStats> {
+        let mut stats = SyncStats::default();
+        for path in paths {
+            // A deleted path changed now; a written one when its mtime says.
+            let changed =
+                std::fs::symlink_metadata(path).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
+            stats.files += 1;
+            stats.oldest_change = Some(stats.oldest_change.map_or(changed, |oldest| oldest.min(changed)));
+        }
+        Ok(stats)
+    }
+}
+
+/// The follow loop of a replica on an S3 or Azure target (blocking): each recovery point is an
+/// incremental backup of the source into the target's repository, taken once changes settle
+/// and at most every half RPO, recorded as a snapshot (restorable like any other) and as the
+/// replica's point; points beyond `keep_points` are handed to the storage service to forget.
+fn follow_into_target(
+    ctx: &JobContext,
+    spec: &TargetSpec,
+    settings: &FollowSettings,
+    work: &Replicated,
+    stop: &AtomicBool,
+    runtime: &tokio::runtime::Handle,
+) -> Result<JobOutcome, JobError> {
+    let repo = spec.open().map_err(repo_error)?;
+    let point_every = Duration::from_secs((work.replica.rpo_seconds / 2).clamp(1, 300));
+    let lag_gauge = metrics::gauge!("arca_replica_lag_seconds", "replica" => work.id.to_string());
+    let lag_histogram = metrics::histogram!("arca_replica_lag", "replica" => work.id.to_string());
+    let changes = Changes { source: work.source.clone() };
+    let mut oldest: Option<SystemTime> = None;
+    let mut last_point: Option<Instant> = None;
+    let mut settled_since = Instant::now();
+    let mut outcome = JobOutcome::default();
+    let mut failure = None;
+    let followed = follow(&changes, settings, stop, |pass| {
+        if let Some(changed) = pass.stats.oldest_change {
+            oldest = Some(oldest.map_or(changed, |o| o.min(changed)));
+            settled_since = Instant::now();
+        }
+        let Some(since) = oldest else { return !stop.load(Ordering::Relaxed) };
+        let lag = SystemTime::now().duration_since(since).unwrap_or_default();
+        lag_gauge.set(lag.as_secs_f64());
+        let due = last_point.is_none_or(|at| at.elapsed() >= point_every);
+        if due && (settled_since.elapsed() >= settings.debounce || pass.full) {
+            match target_point(ctx, spec, &repo, work, since, runtime) {
+                Ok((bytes_read, bytes_added, lag)) => {
+                    outcome.bytes_read += bytes_read;
+                    outcome.bytes_added += bytes_added;
+                    lag_histogram.record(lag.as_secs_f64());
+                    lag_gauge.set(0.0);
+                    last_point = Some(Instant::now());
+                    oldest = None;
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    return false;
+                }
+            }
+        }
+        !stop.load(Ordering::Relaxed)
+    });
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
+    followed.map_err(|e| io_error("follow the source", e))?;
+    Ok(outcome)
+}
+
+/// One point of a replica on a target; returns bytes read, bytes added and the lag it had.
+fn target_point(
+    ctx: &JobContext,
+    spec: &TargetSpec,
+    repo: &Repository,
+    work: &Replicated,
+    oldest_change: SystemTime,
+    runtime: &tokio::runtime::Handle,
+) -> Result<(u64, u64, Duration), JobError> {
+    let tag = point_tag(work.id);
+    let what = if work.source.is_dir() {
+        BackupSource::Paths(vec![work.source.clone()])
+    } else {
+        BackupSource::Image(work.source.clone())
+    };
+    let options = BackupOptions {
+        tags: vec![tag.clone(), format!("source:{}", work.replica.source)],
+        hostname: Some(format!("replica-{}", work.id)),
+        ..BackupOptions::default()
+    };
+    let outcome = arca_repo::backup(repo, what, &options).map_err(repo_error)?;
+    let lag = SystemTime::now().duration_since(oldest_change).unwrap_or_default();
+    let summary = &outcome.snapshot.summary;
+    let snapshot = snapshot_id(spec.target, &outcome.snapshot_id);
+    let commit = SnapshotCommand::Commit {
+        target: spec.target,
+        repo_snapshot: outcome.snapshot_id.clone(),
+        time: outcome.snapshot.time,
+        host: outcome.snapshot.hostname.clone(),
+        paths: outcome.snapshot.paths.clone(),
+        tags: outcome.snapshot.tags.clone(),
+        source: Some(work.replica.source),
+        policy: None,
+        job: Some(ctx.job_id),
+        files: summary.files_new + summary.files_changed + summary.files_unmodified,
+        size_bytes: summary.bytes_total,
+        added_bytes: summary.bytes_stored,
+        partial: outcome.snapshot.partial,
+    };
+    runtime.block_on(async {
+        match ctx.store.execute::<Snapshot>(ctx.tenant, snapshot, &commit, &ctx.meta).await {
+            Ok(_) | Err(ExecuteError::Domain(DomainError::AlreadyExists { .. })) => {}
+            Err(e) => return Err(JobError::from(e)),
+        }
+        usage::add(&ctx.store, ctx.tenant, spec.target, summary.bytes_stored, &ctx.meta).await?;
+        let point = ReplicaCommand::RecordPoint {
+            point: snapshot.to_string(),
+            at: outcome.snapshot.time,
+            lag_ms: lag.as_millis() as u64,
+        };
+        let (before, _) = ctx.store.load_state::<Replica>(ctx.tenant, work.id.as_uuid()).await?;
+        ctx.store.execute::<Replica>(ctx.tenant, work.id, &point, &ctx.meta).await?;
+        // The points the replica no longer keeps: forgotten by the storage service (the only
+        // one that deletes).
+        let (after, _) = ctx.store.load_state::<Replica>(ctx.tenant, work.id.as_uuid()).await?;
+        for dropped in before.points.iter().filter(|p| !after.points.iter().any(|kept| kept.point == p.point)) {
+            let Ok(old) = dropped.point.parse::<uuid::Uuid>() else { continue };
+            let forget = JobCommand::Request {
+                kind: JobKind::Forget,
+                trigger: Trigger::Replica { replica: work.id },
+                policy: None,
+                source: None,
+                target: Some(spec.target),
+                snapshot: Some(old.into()),
+                mode: None,
+                site: None,
+            };
+            // One forget per dropped point, the same id if this step is retried.
+            let id = follow_up_job_id(ctx.job_id, JobKind::Forget, Some(TargetId::from(old)));
+            match start_job(&ctx.store, ctx.tenant, id, &forget, &ctx.meta).await {
+                Ok(()) | Err(ExecuteError::Domain(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok::<_, JobError>(())
+    })?;
+    Ok((summary.bytes_read, summary.bytes_stored, lag))
 }
 
 /// Snapshots the live copy into the points repository, records the point, drops points beyond
@@ -331,7 +524,7 @@ impl JobHandler for FailoverHandler {
         let targets = self.targets.clone();
         let tenant = ctx.tenant;
         tokio::task::spawn_blocking(move || {
-            let layout = layout(&work.folder, &work.source);
+            let layout = layout(work.folder()?, &work.source);
             // Waits for the cancelled follower to let go of the live copy.
             let _lock = lock_folder(&layout)?;
             let repo = targets.local_repository(tenant, &layout.points).map_err(repo_error)?;
@@ -378,7 +571,7 @@ impl JobHandler for FailbackHandler {
         if !work.replica.is_failed_over() {
             return Ok(JobOutcome::default());
         }
-        let layout = layout(&work.folder, &work.source);
+        let layout = layout(work.folder()?, &work.source);
         let source = work.source.clone();
         let stats = tokio::task::spawn_blocking(move || {
             let _lock = lock_folder(&layout)?;
