@@ -918,12 +918,14 @@ async fn call(connection: &mut Connection, request: &[u8]) -> Outcome {
 const OPEN_LOOP_CONNECTIONS: usize = 256;
 
 async fn open_loop(addr: SocketAddr, request: Bytes, rate: u64, window: Duration) -> anyhow::Result<Measured> {
-    // Idle keep-alive connections; a request finding none opens a new one (and pays for it).
-    let idle = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Idle keep-alive connections, used in turn (oldest first, so none sits idle long enough
+    // for the server to close it: actix answers 408 to a connection that sends nothing for
+    // 5 s); a request finding none opens a new one (and pays for it).
+    let idle = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(OPEN_LOOP_CONNECTIONS));
     for _ in 0..16 {
         let connection = Connection::open(addr).await?;
-        idle.lock().expect("idle").push(connection);
+        idle.lock().expect("idle").push_back(connection);
     }
     let total = (rate as f64 * window.as_secs_f64()).round() as u64;
     let start = Instant::now() + Duration::from_millis(50);
@@ -936,7 +938,7 @@ async fn open_loop(addr: SocketAddr, request: Bytes, rate: u64, window: Duration
             let Ok(_permit) = in_flight.acquire_owned().await else {
                 return (scheduled.elapsed(), Outcome::failed("the connection limit closed"));
             };
-            let reused = idle.lock().expect("idle").pop();
+            let reused = idle.lock().expect("idle").pop_front();
             let mut connection = match reused {
                 Some(c) => c,
                 None => match Connection::open(addr).await {
@@ -947,7 +949,7 @@ async fn open_loop(addr: SocketAddr, request: Bytes, rate: u64, window: Duration
             let outcome = call(&mut connection, &request).await;
             let latency = scheduled.elapsed();
             if !outcome.reconnect {
-                idle.lock().expect("idle").push(connection);
+                idle.lock().expect("idle").push_back(connection);
             }
             (latency, outcome)
         });
