@@ -197,17 +197,27 @@ pub async fn follow_events(
     keys: Arc<KeyCache>,
     pages: Arc<PageCache>,
 ) -> Result<tokio::task::JoinHandle<()>, BusError> {
-    let mut messages = open(bus, DeliverPolicy::New).await?;
+    // From the log's end now, by sequence, so a resumption knows exactly where to go on.
+    let mut last_seen = bus
+        .jetstream()
+        .get_stream(EVENTS_STREAM)
+        .await
+        .map_err(|e| BusError::unavailable("open the EVENTS stream", e))?
+        .get_info()
+        .await
+        .map_err(|e| BusError::unavailable("read the EVENTS stream", e))?
+        .state
+        .last_sequence;
+    let mut messages = open(bus, last_seen).await?;
     pages.set_following(true);
     let bus = bus.clone();
     Ok(tokio::spawn(async move {
-        let mut last_seen = None::<u64>;
         loop {
             match messages.next().await {
                 Some(Ok(message)) => {
                     let Ok(info) = message.info() else { continue };
                     let sequence = info.stream_sequence;
-                    last_seen = Some(sequence);
+                    last_seen = sequence;
                     seen(&keys, &pages, &message.subject, &message.payload, sequence);
                 }
                 failure => {
@@ -220,11 +230,7 @@ pub async fn follow_events(
                     pages.set_following(false);
                     keys.clear();
                     messages = loop {
-                        let from = match last_seen {
-                            Some(sequence) => DeliverPolicy::ByStartSequence { start_sequence: sequence + 1 },
-                            None => DeliverPolicy::New,
-                        };
-                        match open(&bus, from).await {
+                        match open(&bus, last_seen).await {
                             Ok(messages) => break messages,
                             Err(e) => {
                                 tracing::warn!(error = %e, "could not follow key and snapshot events; retrying");
@@ -241,7 +247,8 @@ pub async fn follow_events(
 
 type Messages = async_nats::jetstream::consumer::pull::Ordered;
 
-async fn open(bus: &Bus, deliver_policy: DeliverPolicy) -> Result<Messages, BusError> {
+/// The key and snapshot events stored after stream sequence `after`.
+async fn open(bus: &Bus, after: u64) -> Result<Messages, BusError> {
     let stream = bus
         .jetstream()
         .get_stream(EVENTS_STREAM)
@@ -252,7 +259,7 @@ async fn open(bus: &Bus, deliver_policy: DeliverPolicy) -> Result<Messages, BusE
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             filter_subjects: subjects.to_vec(),
-            deliver_policy,
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
             ..Default::default()
         })
         .await
