@@ -2,7 +2,9 @@
 //!
 //! A request carries `Authorization: Bearer <key>`. The gateway hashes the key (hex SHA-256,
 //! the only form ever stored) and asks the catalog for the key with that hash
-//! (`arca.q.catalog.api_keys.by_hash`). [`access_rule`] is the single table of which role each
+//! (`arca.q.catalog.api_keys.by_hash`), and keeps the answer for a few seconds
+//! ([`crate::cache::KeyCache`]: a revoked key stops working at once, expiry is checked on every
+//! request). [`access_rule`] is the single table of which role each
 //! route needs and whether it is scoped to a tenant; the [`authenticate`] middleware around
 //! `/v1` applies it before a body is read or a handler runs, and hands handlers the outcome as
 //! [`Authorized`], so they only ever see the tenant they may act on.
@@ -10,6 +12,8 @@
 //! Tenant scoping: a tenant's key acts on its own tenant only; naming another tenant (in the
 //! path or `?tenant=`) answers 404, exactly like an object that does not exist. An MSP admin
 //! key (tenant [`TenantId::SYSTEM`]) names the tenant it acts on with `?tenant=` (or the path).
+
+use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
@@ -20,11 +24,12 @@ use arca_bus::EventStore;
 use arca_domain::DomainError;
 use arca_domain::api_key::{ApiKey, ApiKeyCommand};
 use arca_events::{ApiKeyId, Metadata, Role, TenantId};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::cache::KeyRow;
 use crate::problem::ApiError;
 use crate::state::AppState;
 
@@ -119,16 +124,6 @@ pub fn new_key() -> (String, String) {
     (key, prefix)
 }
 
-/// The key row the catalog returns (the hash never leaves the catalog).
-#[derive(Deserialize)]
-struct KeyRow {
-    id: Uuid,
-    tenant_id: Uuid,
-    role: Role,
-    status: String,
-    expires_at: Option<DateTime<Utc>>,
-}
-
 #[derive(Deserialize)]
 struct TenantParam {
     tenant: Option<String>,
@@ -160,12 +155,8 @@ pub async fn authenticate(
 async fn authorize(req: &HttpRequest) -> Result<Authorized, ApiError> {
     let state = req.app_data::<web::Data<AppState>>().expect("the app has its state");
     let key = bearer(req)?;
-    let row: KeyRow = match state.catalog("api_keys.by_hash", serde_json::json!({ "hash": hash_key(key) })).await {
-        Ok(row) => row,
-        Err(e) if e.code == "not_found" => return Err(ApiError::unauthorized("unknown API key")),
-        Err(e) => return Err(e),
-    };
-    if row.status != "active" || row.expires_at.is_some_and(|t| t <= Utc::now()) {
+    let row = api_key(state, hash_key(key)).await?;
+    if !row.is_usable(Utc::now()) {
         return Err(ApiError::unauthorized("the API key is revoked or expired"));
     }
     if let Some(limiter) = &state.limiter {
@@ -197,6 +188,20 @@ async fn authorize(req: &HttpRequest) -> Result<Authorized, ApiError> {
         }
     };
     Ok(Authorized { tenant, role: row.role, key: row.id.into() })
+}
+
+/// The key with this hash: from the gateway's cache, else from the catalog (then cached).
+async fn api_key(state: &AppState, hash: String) -> Result<KeyRow, ApiError> {
+    if let Some(row) = state.keys.get(&hash, Instant::now()) {
+        return Ok(row);
+    }
+    let fetched_at = Instant::now();
+    let row: KeyRow = match state.catalog("api_keys.by_hash", serde_json::json!({ "hash": hash })).await {
+        Ok(row) => row,
+        Err(e) if e.code == "not_found" => return Err(ApiError::unauthorized("unknown API key")),
+        Err(e) => return Err(e),
+    };
+    Ok(state.keys.insert(hash, row, fetched_at))
 }
 
 fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {

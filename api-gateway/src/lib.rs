@@ -19,6 +19,7 @@
 //! [`Application::run_until_stopped`] serves until the server is stopped.
 
 pub mod auth;
+pub mod cache;
 pub mod idempotency;
 pub mod limit;
 pub mod observe;
@@ -62,6 +63,12 @@ pub struct GatewayConfig {
     pub rate_limit: Option<limit::RateLimit>,
     /// Serve HTTPS with this certificate chain and key (PEM files).
     pub tls: Option<TlsFiles>,
+    /// How long an API key is kept after the catalog answered it ([`cache::KeyCache`]); zero
+    /// keeps none. Revocations apply at once whatever this is.
+    pub key_cache_ttl: Duration,
+    /// How long a snapshot page is kept at most ([`cache::PageCache`]); zero keeps none. A
+    /// change to the tenant's snapshots replaces it sooner.
+    pub page_cache_ttl: Duration,
 }
 
 /// PEM files of a server certificate (chain) and its private key.
@@ -102,6 +109,8 @@ impl GatewayConfig {
             query_timeout: Duration::from_secs(5),
             rate_limit: None,
             tls: None,
+            key_cache_ttl: Duration::from_secs(5),
+            page_cache_ttl: Duration::from_secs(5),
         }
     }
 }
@@ -150,6 +159,8 @@ pub struct Application {
     port: u16,
     server: Server,
     new_bootstrap_key: Option<String>,
+    /// Keeps the caches honest ([`cache::follow_events`]); stopped with the server.
+    follower: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -169,7 +180,13 @@ impl Application {
         };
         let idempotency = idempotency::Idempotency::open(&bus).await?;
         let tls = config.tls.as_ref().map(TlsFiles::server_config).transpose()?;
+        let keys = std::sync::Arc::new(cache::KeyCache::new(config.key_cache_ttl));
+        let pages = std::sync::Arc::new(cache::PageCache::new(config.page_cache_ttl));
+        // Following starts before the first request, so no revocation after it is missed.
+        let follower = cache::follow_events(&bus, keys.clone(), pages.clone()).await?;
         let state = web::Data::new(AppState {
+            keys,
+            pages,
             idempotency,
             limiter: config.rate_limit.map(limit::Limiter::new),
             bus,
@@ -211,7 +228,7 @@ impl Application {
             None => server.listen(listener)?,
         };
         let server = server.disable_signals().run();
-        Ok(Application { port, server, new_bootstrap_key })
+        Ok(Application { port, server, new_bootstrap_key, follower })
     }
 
     pub fn port(&self) -> u16 {
@@ -229,13 +246,15 @@ impl Application {
         let handle = self.server.handle();
         let server = self.server;
         tokio::pin!(server);
-        tokio::select! {
+        let result = tokio::select! {
             result = &mut server => result,
             () = shutdown => {
                 handle.stop(true).await;
                 server.await
             }
-        }
+        };
+        self.follower.abort();
+        result
     }
 }
 

@@ -6,9 +6,12 @@
 //! [`EventStore::execute`]: arca_bus::EventStore::execute
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use actix_web::http::StatusCode;
+use actix_web::http::header::ContentType;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use arca_bus::query::APPLIED_HEADER;
 use arca_domain::Lifecycle;
 use arca_domain::api_key::{ApiKey, ApiKeyCommand};
 use arca_domain::job::JobCommand;
@@ -169,15 +172,27 @@ async fn list(
     name: &str,
     auth: Option<Authorized>,
     page: &ListParams,
-    mut filter: Value,
+    filter: Value,
 ) -> Result<HttpResponse> {
+    let query = list_query(auth, page, filter)?;
+    // The catalog's page is already the answer (a [`Page`]): passed on as it came.
+    let page = state.catalog_raw(&format!("{name}.list"), &query).await?;
+    Ok(page_response(page.json))
+}
+
+/// The catalog query for a page of `<name>.list`: the page, the filter, and the tenant the
+/// caller acts on (every tenant-scoped list is scoped here).
+fn list_query(auth: Option<Authorized>, page: &ListParams, mut filter: Value) -> Result<Value> {
     filter["limit"] = json!(page_limit(page.limit)?);
     filter["cursor"] = json!(page.cursor);
     if let Some(auth) = auth {
         filter["tenant"] = json!(auth.tenant);
     }
-    let page: Page = state.catalog(&format!("{name}.list"), filter).await?;
-    Ok(HttpResponse::Ok().json(page))
+    Ok(filter)
+}
+
+fn page_response(json: bytes::Bytes) -> HttpResponse {
+    HttpResponse::Ok().content_type(ContentType::json()).body(json)
 }
 
 /// One row of catalog query `<name>.get`, its version as the `ETag`.
@@ -676,5 +691,19 @@ pub async fn get_job(
     responses((status = 200, body = Page), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("api_key" = [])))]
 pub async fn list_snapshots(auth: Authorized, state: Data, page: web::Query<ListParams>) -> Result<HttpResponse> {
-    list(&state, "snapshots", Some(auth), &page, json!({})).await
+    // The busiest list: pages are kept in the gateway while the tenant's snapshots are
+    // unchanged (see [`crate::cache`]). The query names the tenant, so a page is only ever
+    // found again for the tenant it was fetched for.
+    let query = list_query(Some(auth), &page, json!({}))?;
+    let key = query.to_string();
+    if let Some(json) = state.pages.get(&key, Instant::now()) {
+        return Ok(page_response(json));
+    }
+    let fetched_at = Instant::now();
+    let page = state.catalog_raw("snapshots.list", &query).await?;
+    let applied = page.header(APPLIED_HEADER).and_then(|v| v.parse::<u64>().ok());
+    if let Some(applied) = applied {
+        state.pages.insert(auth.tenant, key, page.json.clone(), applied, fetched_at);
+    }
+    Ok(page_response(page.json))
 }

@@ -327,6 +327,8 @@ pub async fn revoke_api_key(
     let id = ApiKeyId::from(path.into_inner().1);
     let command = ApiKeyCommand::Revoke { reason: Some(format!("revoked through the API by key {}", auth.key)) };
     state.store.execute_expecting::<ApiKey>(auth.tenant, id, &command, &command_metadata(), if_match(&req)?).await?;
+    // Refused from the next request on, before the catalog (or the event) catches up.
+    state.keys.revoke(id.as_uuid(), std::time::Instant::now());
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -51,6 +51,11 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut GatewayConfig)) -> TestA
 }
 
 impl TestApp {
+    /// The private nats-server the platform runs on.
+    pub fn nats_url(&self) -> &str {
+        &self._nats.url
+    }
+
     pub async fn request(&self, method: Method, path: &str, key: Option<&str>, body: Option<Value>) -> Answer {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(key) = key {

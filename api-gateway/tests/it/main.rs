@@ -2,6 +2,7 @@
 //! the real gateway on port 0, spoken to over HTTP only. Logs are silent unless `TEST_LOG` is set.
 
 mod api;
+mod cache;
 mod edge;
 mod helpers;
 mod isolation;

@@ -2,13 +2,17 @@
 //!
 //! A reply is `{"ok": …}` or `{"error": {"code", "message"}}`, so a handler's typed error
 //! reaches the caller as [`BusError::Remote`] with its machine code.
+//!
+//! [`Bus::serve_raw`] and [`Bus::request_raw`] carry the `ok` value as JSON bytes the caller
+//! passes on unparsed (the gateway answers a catalog page with the catalog's bytes), plus
+//! headers a responder may add (the catalog's applied position).
 
 use std::future::Future;
 use std::time::Duration;
 
 use arca_events::TraceContext;
 use async_nats::HeaderMap;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -30,6 +34,31 @@ impl RemoteError {
     }
 }
 
+/// A successful answer as JSON bytes, with headers for the caller.
+#[derive(Clone, Debug, Default)]
+pub struct RawAnswer {
+    /// The answer's JSON (the `ok` value of the reply).
+    pub json: Bytes,
+    pub headers: Option<HeaderMap>,
+}
+
+impl RawAnswer {
+    /// `value` as JSON, no headers.
+    pub fn json<T: Serialize>(value: &T) -> Result<RawAnswer, RemoteError> {
+        let json = serde_json::to_vec(value).map_err(|e| RemoteError::new("internal", e.to_string()))?;
+        Ok(RawAnswer { json: json.into(), headers: None })
+    }
+
+    /// The header `name`, if the responder set it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.as_ref()?.get(name).map(|value| value.as_str())
+    }
+}
+
+/// The reply header in which a read model says which stream sequence of `EVENTS` it had
+/// applied when it began answering: the answer reflects at least every event up to it.
+pub const APPLIED_HEADER: &str = "Arca-Applied";
+
 /// Queries one `serve` answers at the same time.
 pub const MAX_CONCURRENT_QUERIES: usize = 64;
 
@@ -40,6 +69,9 @@ enum Reply<T> {
     Error(RemoteError),
 }
 
+/// How every successful reply starts (`serde_json` writes `Reply::Ok` exactly so).
+const OK_PREFIX: &[u8] = b"{\"ok\":";
+
 impl Bus {
     /// Sends `query` to `subject` and waits up to `timeout` for the answer.
     pub async fn request<Q: Serialize, R: DeserializeOwned>(
@@ -49,6 +81,20 @@ impl Bus {
         trace: Option<&TraceContext>,
         timeout: Duration,
     ) -> Result<R, BusError> {
+        let answer = self.request_raw(subject, query, trace, timeout).await?;
+        serde_json::from_slice(&answer.json)
+            .map_err(|e| BusError::Malformed { what: format!("reply from `{subject}`"), reason: e.to_string() })
+    }
+
+    /// [`Bus::request`], answering the `ok` value's JSON bytes unparsed (a slice of the
+    /// reply) and the reply's headers.
+    pub async fn request_raw<Q: Serialize>(
+        &self,
+        subject: &str,
+        query: &Q,
+        trace: Option<&TraceContext>,
+        timeout: Duration,
+    ) -> Result<RawAnswer, BusError> {
         let mut headers = HeaderMap::new();
         if let Some(trace) = trace {
             headers::insert_trace(&mut headers, trace);
@@ -64,8 +110,18 @@ impl Bus {
             }
             _ => BusError::unavailable(format!("query `{subject}`"), e),
         })?;
-        match serde_json::from_slice::<Reply<R>>(&reply.payload) {
-            Ok(Reply::Ok(answer)) => Ok(answer),
+        let payload = reply.payload;
+        // Our own responders write `{"ok":<value>}` with nothing around it: the value is the
+        // bytes in between, taken without parsing. Anything else is parsed.
+        if payload.starts_with(OK_PREFIX) && payload.ends_with(b"}") {
+            let json = payload.slice(OK_PREFIX.len()..payload.len() - 1);
+            return Ok(RawAnswer { json, headers: reply.headers });
+        }
+        match serde_json::from_slice::<Reply<serde_json::Value>>(&payload) {
+            Ok(Reply::Ok(answer)) => {
+                let json = serde_json::to_vec(&answer).expect("JSON values serialise").into();
+                Ok(RawAnswer { json, headers: reply.headers })
+            }
             Ok(Reply::Error(error)) => Err(BusError::Remote { code: error.code, message: error.message }),
             Err(e) => Err(BusError::Malformed { what: format!("reply from `{subject}`"), reason: e.to_string() }),
         }
@@ -85,6 +141,25 @@ impl Bus {
         F: Fn(String, Q, Option<TraceContext>) -> Fut + Send + Sync + Clone + 'static,
         Fut: Future<Output = Result<R, RemoteError>> + Send + 'static,
     {
+        self.serve_raw(subject, queue_group, move |subject, query, trace| {
+            let answer = handler(subject, query, trace);
+            async move { RawAnswer::json(&answer.await?) }
+        })
+        .await
+    }
+
+    /// [`Bus::serve`] for handlers that answer JSON bytes they built themselves (and headers).
+    pub async fn serve_raw<Q, F, Fut>(
+        &self,
+        subject: &str,
+        queue_group: &str,
+        handler: F,
+    ) -> Result<JoinHandle<()>, BusError>
+    where
+        Q: DeserializeOwned + Send + 'static,
+        F: Fn(String, Q, Option<TraceContext>) -> Fut + Send + Sync + Clone + 'static,
+        Fut: Future<Output = Result<RawAnswer, RemoteError>> + Send + 'static,
+    {
         let mut requests = self
             .client()
             .queue_subscribe(subject.to_owned(), queue_group.to_owned())
@@ -102,15 +177,27 @@ impl Bus {
                 tokio::spawn(async move {
                     let _permit = permit;
                     let trace = headers::trace_of(message.headers.as_ref());
-                    let reply = match serde_json::from_slice::<Q>(&message.payload) {
-                        Ok(query) => match handler(message.subject.to_string(), query, trace).await {
-                            Ok(answer) => Reply::Ok(answer),
-                            Err(error) => Reply::Error(error),
-                        },
-                        Err(e) => Reply::Error(RemoteError::new("bad_request", e.to_string())),
+                    let answer = match serde_json::from_slice::<Q>(&message.payload) {
+                        Ok(query) => handler(message.subject.to_string(), query, trace).await,
+                        Err(e) => Err(RemoteError::new("bad_request", e.to_string())),
                     };
-                    let payload = Bytes::from(serde_json::to_vec(&reply).expect("replies serialise"));
-                    if let Err(e) = client.publish(reply_to, payload).await {
+                    let sent = match answer {
+                        Ok(RawAnswer { json, headers }) => {
+                            let mut payload = BytesMut::with_capacity(OK_PREFIX.len() + json.len() + 1);
+                            payload.put_slice(OK_PREFIX);
+                            payload.put_slice(&json);
+                            payload.put_u8(b'}');
+                            match headers {
+                                Some(headers) => client.publish_with_headers(reply_to, headers, payload.freeze()).await,
+                                None => client.publish(reply_to, payload.freeze()).await,
+                            }
+                        }
+                        Err(error) => {
+                            let reply = serde_json::to_vec(&Reply::<()>::Error(error)).expect("replies serialise");
+                            client.publish(reply_to, Bytes::from(reply)).await
+                        }
+                    };
+                    if let Err(e) = sent {
                         tracing::warn!(error = %e, "could not send a reply");
                     }
                 });

@@ -12,7 +12,9 @@
 //!   answered) for the maximum rate: hello, the same actix server answering a stored copy of
 //!   the first snapshot page (the bound for a body that size), the gateway's `/healthz` (its
 //!   HTTP stack without NATS), the first snapshot page and a page deep in the cursor chain,
-//!   run-now;
+//!   the first page through two more gateways — one without its page cache (every list asks
+//!   the catalog), one without page or key cache (every request also looks its key up) —
+//!   and run-now;
 //! - open loop (requests start on a fixed schedule, whatever the answers do; latency counts
 //!   from the scheduled start, so a stall is not hidden) for p50/p99 at a given rate: the
 //!   first snapshot page at 500/s, run-now at 50/s;
@@ -135,9 +137,13 @@ async fn run(args: &Args, client: tokio::runtime::Handle) -> anyhow::Result<()> 
     let mut catalog = RunningCatalog::start(&nats.url, &first_url).await?;
     let mut config = GatewayConfig::new(&nats.url, "127.0.0.1:0".parse()?);
     config.bootstrap_key = Some(BOOTSTRAP_KEY.into());
-    let app = Application::build(config).await?;
-    let gateway = SocketAddr::from(([127, 0, 0, 1], app.port()));
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let gateway = start_gateway(config.clone()).await?;
+    // The same gateway with its page cache off (every list asks the catalog), and with both
+    // caches off (every request also looks its key up): what a page costs that is not hot.
+    let no_page_cache = start_gateway(GatewayConfig { page_cache_ttl: Duration::ZERO, ..config.clone() }).await?;
+    let no_cache =
+        start_gateway(GatewayConfig { page_cache_ttl: Duration::ZERO, key_cache_ttl: Duration::ZERO, ..config })
+            .await?;
     let stored_page = Arc::new(std::sync::OnceLock::new());
     let hello = start_hello(stored_page.clone())?;
 
@@ -174,7 +180,7 @@ async fn run(args: &Args, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         .payload;
     eprintln!("the catalog's answer for a page of 50 is {} bytes", page.len());
     start_echo(&bus, page).await?;
-    let measure = Measure { client, args, gateway, hello };
+    let measure = Measure { client, args, gateway, no_page_cache, no_cache, hello };
     let first_db = if args.database == Databases::Postgres { "PostgreSQL" } else { "SQLite" };
     let mut table = Table::default();
     let mut cpu = Vec::new();
@@ -197,6 +203,18 @@ async fn run(args: &Args, client: tokio::runtime::Handle) -> anyhow::Result<()> 
         table.snapshot_rate(&format!("`GET /v1/snapshots` first page of 50, {first_db}, closed loop"), &first, &limit);
         let deep = measure.closed(Target::Gateway, requests.deep_page.clone(), args.seconds).await?;
         table.snapshot_rate(&format!("`GET /v1/snapshots` page 101 (cursor), {first_db}, closed loop"), &deep, &limit);
+        let keys_only = measure.closed(Target::GatewayNoPageCache, requests.first_page.clone(), args.seconds).await?;
+        table.snapshot_rate(
+            &format!("`GET /v1/snapshots` first page, {first_db}, gateway without its page cache, closed loop"),
+            &keys_only,
+            &limit,
+        );
+        let uncached = measure.closed(Target::GatewayNoCache, requests.first_page.clone(), args.seconds).await?;
+        table.snapshot_rate(
+            &format!("`GET /v1/snapshots` first page, {first_db}, gateway without page or key cache, closed loop"),
+            &uncached,
+            &limit,
+        );
         let open = measure.open(requests.first_page.clone(), args.rate, args.seconds).await?;
         table.latency(
             &format!("`GET /v1/snapshots` first page at {}/s, {first_db}, open loop", args.rate),
@@ -228,6 +246,13 @@ async fn run(args: &Args, client: tokio::runtime::Handle) -> anyhow::Result<()> 
             table.rate("hello again (beside the PostgreSQL runs), closed loop", &limit, "the limit");
             let first = measure.closed(Target::Gateway, requests.first_page.clone(), args.seconds).await?;
             table.snapshot_rate("`GET /v1/snapshots` first page of 50, PostgreSQL, closed loop", &first, &limit);
+            let keys_only =
+                measure.closed(Target::GatewayNoPageCache, requests.first_page.clone(), args.seconds).await?;
+            table.snapshot_rate(
+                "`GET /v1/snapshots` first page, PostgreSQL, gateway without its page cache, closed loop",
+                &keys_only,
+                &limit,
+            );
             let open = measure.open(requests.first_page.clone(), args.rate, args.seconds).await?;
             table.latency(
                 &format!("`GET /v1/snapshots` first page at {}/s, PostgreSQL, open loop", args.rate),
@@ -270,6 +295,14 @@ fn load_average() -> String {
 }
 
 // ---- The servers ----
+
+/// A gateway in this process on a free port.
+async fn start_gateway(config: GatewayConfig) -> anyhow::Result<SocketAddr> {
+    let app = Application::build(config).await?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], app.port()));
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    Ok(addr)
+}
 
 /// A plain actix-web server answering `GET /` with `hello` and `GET /page` with `page` (once set),
 /// with actix's default workers (like the gateway).
@@ -688,6 +721,10 @@ impl Measured {
 enum Target {
     Hello,
     Gateway,
+    /// The gateway with its page cache off.
+    GatewayNoPageCache,
+    /// The gateway with its page and key caches off.
+    GatewayNoCache,
 }
 
 /// Runs measurements on the load generator's runtime.
@@ -695,6 +732,8 @@ struct Measure<'a> {
     client: tokio::runtime::Handle,
     args: &'a Args,
     gateway: SocketAddr,
+    no_page_cache: SocketAddr,
+    no_cache: SocketAddr,
     hello: SocketAddr,
 }
 
@@ -705,6 +744,8 @@ impl Measure<'_> {
         match target {
             Target::Hello => self.hello,
             Target::Gateway => self.gateway,
+            Target::GatewayNoPageCache => self.no_page_cache,
+            Target::GatewayNoCache => self.no_cache,
         }
     }
 
@@ -877,12 +918,14 @@ async fn call(connection: &mut Connection, request: &[u8]) -> Outcome {
 const OPEN_LOOP_CONNECTIONS: usize = 256;
 
 async fn open_loop(addr: SocketAddr, request: Bytes, rate: u64, window: Duration) -> anyhow::Result<Measured> {
-    // Idle keep-alive connections; a request finding none opens a new one (and pays for it).
-    let idle = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Idle keep-alive connections, used in turn (oldest first, so none sits idle long enough
+    // for the server to close it: actix answers 408 to a connection that sends nothing for
+    // 5 s); a request finding none opens a new one (and pays for it).
+    let idle = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(OPEN_LOOP_CONNECTIONS));
     for _ in 0..16 {
         let connection = Connection::open(addr).await?;
-        idle.lock().expect("idle").push(connection);
+        idle.lock().expect("idle").push_back(connection);
     }
     let total = (rate as f64 * window.as_secs_f64()).round() as u64;
     let start = Instant::now() + Duration::from_millis(50);
@@ -895,7 +938,7 @@ async fn open_loop(addr: SocketAddr, request: Bytes, rate: u64, window: Duration
             let Ok(_permit) = in_flight.acquire_owned().await else {
                 return (scheduled.elapsed(), Outcome::failed("the connection limit closed"));
             };
-            let reused = idle.lock().expect("idle").pop();
+            let reused = idle.lock().expect("idle").pop_front();
             let mut connection = match reused {
                 Some(c) => c,
                 None => match Connection::open(addr).await {
@@ -906,7 +949,7 @@ async fn open_loop(addr: SocketAddr, request: Bytes, rate: u64, window: Duration
             let outcome = call(&mut connection, &request).await;
             let latency = scheduled.elapsed();
             if !outcome.reconnect {
-                idle.lock().expect("idle").push(connection);
+                idle.lock().expect("idle").push_back(connection);
             }
             (latency, outcome)
         });

@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use arca_bus::Bus;
-use arca_bus::query::RemoteError;
+use arca_bus::query::{APPLIED_HEADER, RawAnswer, RemoteError};
 use arca_events::TenantId;
+use async_nats::HeaderMap;
 use sea_orm::DatabaseConnection;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -54,23 +55,31 @@ pub async fn serve(bus: &Bus, db: DatabaseConnection, stats: Arc<Stats>) -> Resu
         let (db, stats, store) = (db.clone(), stats.clone(), store.clone());
         async move {
             let name = subject.strip_prefix(QUERY_PREFIX).and_then(|s| s.strip_prefix('.')).unwrap_or_default();
-            if name == "status" {
+            // Read before the query: the projector stores a batch, then advances this. Every
+            // answer carries it (`APPLIED_HEADER`): a cache of answers (the gateway's)
+            // compares it with the events it has seen since.
+            let last_applied = stats.last_applied.load(Ordering::Relaxed);
+            let mut answer = if name == "status" {
                 let stream_last =
                     store.last_sequence().await.map_err(|e| RemoteError::new("unavailable", e.to_string()))?;
-                let last_applied = stats.last_applied.load(Ordering::Relaxed);
-                return to_value(Status {
+                RawAnswer::json(&Status {
                     last_applied,
                     stream_last,
                     lag: stream_last.saturating_sub(last_applied),
                     applied: stats.applied.load(Ordering::Relaxed),
                     malformed: stats.malformed.load(Ordering::Relaxed),
                     duplicates: stats.duplicates.load(Ordering::Relaxed),
-                });
-            }
-            answer(&db, name, query).await
+                })?
+            } else {
+                answer(&db, name, query).await?
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert(APPLIED_HEADER, last_applied.to_string().as_str());
+            answer.headers = Some(headers);
+            Ok(answer)
         }
     };
-    Ok(bus.serve(&format!("{QUERY_PREFIX}.>"), "arca-catalog", handler).await?)
+    Ok(bus.serve_raw(&format!("{QUERY_PREFIX}.>"), "arca-catalog", handler).await?)
 }
 
 /// A list query: the tenant, the page, and the resource's filters.
@@ -103,7 +112,7 @@ struct ByHash {
     hash: String,
 }
 
-async fn answer(db: &DatabaseConnection, name: &str, query: Value) -> Result<Value, RemoteError> {
+async fn answer(db: &DatabaseConnection, name: &str, query: Value) -> Result<RawAnswer, RemoteError> {
     match name {
         "tenants.list" => {
             let q: TenantsList = parse(query)?;
@@ -163,7 +172,9 @@ async fn answer(db: &DatabaseConnection, name: &str, query: Value) -> Result<Val
         }
         "snapshots.list" => {
             let q: List<SnapshotFilter> = parse(query)?;
-            page(queries::list_snapshots(db, q.tenant, &q.filter, &q.page).await)
+            // Rows straight to the page's bytes: the API's busiest list.
+            let json = queries::list_snapshots_json(db, q.tenant, &q.filter, &q.page).await.map_err(remote)?;
+            Ok(RawAnswer { json: json.into(), headers: None })
         }
         "snapshots.get" => {
             let q: Get = parse(query)?;
@@ -205,17 +216,19 @@ fn parse<T: DeserializeOwned>(query: Value) -> Result<T, RemoteError> {
     serde_json::from_value(query).map_err(|e| RemoteError::new("bad_request", e.to_string()))
 }
 
-fn to_value<T: Serialize>(value: T) -> Result<Value, RemoteError> {
-    serde_json::to_value(value).map_err(|e| RemoteError::new("internal", e.to_string()))
+/// `value`'s JSON with every object's keys in name order (through a JSON value), as the
+/// API has always answered.
+fn to_json<T: Serialize>(value: T) -> Result<RawAnswer, RemoteError> {
+    RawAnswer::json(&serde_json::to_value(value).map_err(|e| RemoteError::new("internal", e.to_string()))?)
 }
 
-fn page<T: Serialize>(result: Result<queries::Page<T>, CatalogError>) -> Result<Value, RemoteError> {
-    to_value(result.map_err(remote)?)
+fn page<T: Serialize>(result: Result<queries::Page<T>, CatalogError>) -> Result<RawAnswer, RemoteError> {
+    to_json(result.map_err(remote)?)
 }
 
-fn found<T: Serialize>(result: Result<Option<T>, CatalogError>) -> Result<Value, RemoteError> {
+fn found<T: Serialize>(result: Result<Option<T>, CatalogError>) -> Result<RawAnswer, RemoteError> {
     match result.map_err(remote)? {
-        Some(row) => to_value(row),
+        Some(row) => to_json(row),
         None => Err(not_found()),
     }
 }

@@ -12,7 +12,10 @@ use arca_events::{
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect, Select};
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, EntityTrait, FromQueryResult, Order, QueryFilter, QueryOrder, QuerySelect, Select,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -217,6 +220,59 @@ pub async fn list_snapshots(
     filter: &SnapshotFilter,
     page: &PageRequest,
 ) -> Result<Page<SnapshotRow>, CatalogError> {
+    let select = snapshots_of(tenant, filter);
+    list_by_id(db, select, snapshots::Column::Id, Order::Desc, page, |row| row.id).await
+}
+
+/// One snapshot of a listed page, its fields in name order: as a page of
+/// [`SnapshotRow`]s reads once turned into JSON values (whose objects sort their keys), which
+/// is what the API has always answered.
+#[derive(Clone, Debug, PartialEq, Eq, FromQueryResult, Serialize)]
+pub struct SnapshotItem {
+    pub added_bytes: i64,
+    pub created_at: DateTime<Utc>,
+    pub files: i64,
+    pub forgotten_by_job_id: Option<Uuid>,
+    pub host: String,
+    pub id: Uuid,
+    pub job_id: Option<Uuid>,
+    pub locked_until: Option<DateTime<Utc>>,
+    pub partial: bool,
+    #[serde(serialize_with = "crate::entities::json_text")]
+    pub paths: String,
+    pub policy_id: Option<Uuid>,
+    pub repo_snapshot: String,
+    pub size_bytes: i64,
+    pub source_id: Option<Uuid>,
+    pub status: String,
+    #[serde(serialize_with = "crate::entities::json_text")]
+    pub tags: String,
+    pub target_id: Uuid,
+    pub tenant_id: Uuid,
+    pub time: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+/// [`list_snapshots`] as the JSON of its page (`{"items":[…],"next_cursor":…}`), built
+/// straight from the rows: what `arca.q.catalog.snapshots.list` answers.
+pub async fn list_snapshots_json(
+    db: &DatabaseConnection,
+    tenant: TenantId,
+    filter: &SnapshotFilter,
+    page: &PageRequest,
+) -> Result<Vec<u8>, CatalogError> {
+    let limit = page.limit();
+    let rows = page_select(snapshots_of(tenant, filter), snapshots::Column::Id, Order::Desc, page)?
+        .into_model::<SnapshotItem>()
+        .all(db)
+        .await
+        .map_err(db_err("list snapshots"))?;
+    let page = into_page(rows, limit, |row| row.id.hyphenated().to_string());
+    Ok(serde_json::to_vec(&page).expect("a page of snapshots serialises"))
+}
+
+fn snapshots_of(tenant: TenantId, filter: &SnapshotFilter) -> Select<snapshots::Entity> {
     let mut select = snapshots::Entity::find().filter(snapshots::Column::TenantId.eq(tenant.as_uuid()));
     if let Some(source) = filter.source {
         select = select.filter(snapshots::Column::SourceId.eq(source.as_uuid()));
@@ -227,7 +283,7 @@ pub async fn list_snapshots(
     if !filter.include_forgotten {
         select = select.filter(snapshots::Column::Status.ne("forgotten"));
     }
-    list_by_id(db, select, snapshots::Column::Id, Order::Desc, page, |row| row.id).await
+    select
 }
 
 /// Any snapshot of the tenant, forgotten ones included.
@@ -331,12 +387,24 @@ async fn get_in_tenant<E: EntityTrait>(
 /// A page of `select` in `order` of the UUID `id_column`, after the cursor's id.
 async fn list_by_id<E: EntityTrait>(
     db: &DatabaseConnection,
-    mut select: Select<E>,
+    select: Select<E>,
     id_column: E::Column,
     order: Order,
     page: &PageRequest,
     id_of: impl Fn(&E::Model) -> Uuid,
 ) -> Result<Page<E::Model>, CatalogError> {
+    let rows = page_select(select, id_column, order, page)?.all(db).await.map_err(db_err("list rows"))?;
+    Ok(into_page(rows, page.limit(), |row| id_of(row).hyphenated().to_string()))
+}
+
+/// `select` narrowed to the page: after the cursor's id in `order` of `id_column`, and one
+/// row more than the page holds (to learn whether another follows).
+fn page_select<E: EntityTrait>(
+    mut select: Select<E>,
+    id_column: E::Column,
+    order: Order,
+    page: &PageRequest,
+) -> Result<Select<E>, CatalogError> {
     if let Some(cursor) = &page.cursor {
         let after = Uuid::parse_str(&decode_cursor(cursor)?).map_err(|_| invalid_cursor(cursor))?;
         select = match order {
@@ -344,9 +412,7 @@ async fn list_by_id<E: EntityTrait>(
             _ => select.filter(id_column.gt(after)),
         };
     }
-    let limit = page.limit();
-    let rows = select.order_by(id_column, order).limit(limit + 1).all(db).await.map_err(db_err("list rows"))?;
-    Ok(into_page(rows, limit, |row| id_of(row).hyphenated().to_string()))
+    Ok(select.order_by(id_column, order).limit(page.limit() + 1))
 }
 
 /// Cuts the one extra row fetched to learn whether another page follows.

@@ -55,3 +55,33 @@ async fn a_query_nobody_answers_fails_quickly_and_clearly() {
     assert!(result.unwrap_err().to_string().contains("arca.q.nobody.home"));
     assert!(started.elapsed() < Duration::from_secs(5), "no-responders is reported at once");
 }
+
+#[tokio::test]
+async fn raw_answers_pass_their_bytes_and_headers_through() {
+    use arca_bus::query::{APPLIED_HEADER, RawAnswer};
+    let h = harness().await;
+    let _server = h
+        .bus
+        .serve_raw("arca.q.raw.>", "test", |subject: String, query: Add, _trace| async move {
+            if subject != "arca.q.raw.add" {
+                return Err(RemoteError::new("not_found", "no such query"));
+            }
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(APPLIED_HEADER, "42");
+            // Bytes the handler built itself, passed on as they are (key order, spacing).
+            let json = format!("{{\"sum\": {},\"a\":1}}", query.a + query.b);
+            Ok(RawAnswer { json: json.into(), headers: Some(headers) })
+        })
+        .await
+        .unwrap();
+    h.bus.client().flush().await.unwrap();
+    let answer = h.bus.request_raw("arca.q.raw.add", &Add { a: 2, b: 40 }, None, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(&answer.json[..], b"{\"sum\": 42,\"a\":1}");
+    assert_eq!(answer.header(APPLIED_HEADER), Some("42"));
+    // The typed request reads the same answer.
+    let typed: serde_json::Value =
+        h.bus.request("arca.q.raw.add", &Add { a: 1, b: 1 }, None, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(typed["sum"], 2);
+    let missing = h.bus.request_raw("arca.q.raw.nope", &Add { a: 1, b: 1 }, None, Duration::from_secs(2)).await;
+    assert!(matches!(&missing, Err(BusError::Remote { code, .. }) if code == "not_found"), "{missing:?}");
+}

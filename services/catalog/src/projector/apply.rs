@@ -333,6 +333,9 @@ impl Tables {
             }
 
             // ---- Snapshot ----
+            // Only snapshot events change `snapshots`: the gateway keeps snapshot pages until
+            // a snapshot event of the tenant arrives (api-gateway `cache::PageCache`). An
+            // event of another aggregate that changed this table would need following there.
             Event::SnapshotCommitted(p) => self.snapshots.create(
                 e,
                 snapshots::Model {
