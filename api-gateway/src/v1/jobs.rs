@@ -226,16 +226,7 @@ pub async fn create_restore(
         let meta = command_metadata();
         let restore = RestoreCommand::Request { snapshot, paths: body.paths.clone(), destination, job };
         state.store.execute::<Restore>(auth.tenant, job, &restore, &meta).await?;
-        let command = JobCommand::Request {
-            kind: JobKind::Restore,
-            trigger: Trigger::Manual,
-            policy: None,
-            source: None,
-            target: None,
-            snapshot: Some(snapshot),
-            mode: None,
-            site,
-        };
+        let command = JobCommand::request(JobKind::Restore, Trigger::Manual).with_snapshot(snapshot).with_site(site);
         arca_worker::runner::start_job(&state.store, auth.tenant, job, &command, &meta).await?;
         Ok((StatusCode::ACCEPTED, json!(StartedJob { job: job.into() })))
     };

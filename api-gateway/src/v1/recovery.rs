@@ -98,16 +98,8 @@ pub async fn create_export(
             site: body.site.clone(),
         };
         state.store.execute::<Export>(auth.tenant, job, &request, &meta).await?;
-        let command = JobCommand::Request {
-            kind: JobKind::Export,
-            trigger: Trigger::Manual,
-            policy: None,
-            source: None,
-            target: None,
-            snapshot: Some(snapshot),
-            mode: None,
-            site: body.site.clone(),
-        };
+        let command =
+            JobCommand::request(JobKind::Export, Trigger::Manual).with_snapshot(snapshot).with_site(body.site.clone());
         arca_worker::runner::start_job(&state.store, auth.tenant, job, &command, &meta).await?;
         let created = CreatedExport { id: job.into(), job: job.into(), export_name: name };
         Ok((StatusCode::ACCEPTED, json!(created)))

@@ -129,16 +129,9 @@ pub async fn create_replica(
     let meta = command_metadata();
     state.store.execute::<Replica>(auth.tenant, id, &command, &meta).await?;
     let job = replicate_job_id(id, 0);
-    let request = JobCommand::Request {
-        kind: JobKind::Replicate,
-        trigger: Trigger::Replica { replica: id },
-        policy: None,
-        source: Some(body.source.into()),
-        target: None,
-        snapshot: None,
-        mode: None,
-        site: source.site.clone(),
-    };
+    let request = JobCommand::request(JobKind::Replicate, Trigger::Replica { replica: id })
+        .with_source(body.source.into())
+        .with_site(source.site.clone());
     start_job(&state.store, auth.tenant, job, &request, &meta).await?;
     Ok(HttpResponse::Created().json(CreatedReplica { id: id.into(), job: job.into() }))
 }
@@ -181,16 +174,7 @@ async fn start_replica_job(
     site: Option<String>,
 ) -> Result<JobId> {
     let job = JobId::new();
-    let request = JobCommand::Request {
-        kind,
-        trigger: Trigger::Replica { replica },
-        policy: None,
-        source: None,
-        target: None,
-        snapshot: None,
-        mode: None,
-        site,
-    };
+    let request = JobCommand::request(kind, Trigger::Replica { replica }).with_site(site);
     start_job(&state.store, auth.tenant, job, &request, &command_metadata()).await?;
     Ok(job)
 }

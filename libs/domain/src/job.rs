@@ -135,6 +135,52 @@ pub enum JobCommand {
 }
 
 impl JobCommand {
+    /// A request for a `kind` job naming nothing yet; `with_*` fill in what it works on.
+    pub fn request(kind: JobKind, trigger: Trigger) -> JobCommand {
+        JobCommand::Request {
+            kind,
+            trigger,
+            policy: None,
+            source: None,
+            target: None,
+            snapshot: None,
+            mode: None,
+            site: None,
+        }
+    }
+
+    /// This request on `id` (no effect on other commands).
+    pub fn with_snapshot(mut self, id: SnapshotId) -> JobCommand {
+        if let JobCommand::Request { snapshot, .. } = &mut self {
+            *snapshot = Some(id);
+        }
+        self
+    }
+
+    /// This request reading `id` (no effect on other commands).
+    pub fn with_source(mut self, id: SourceId) -> JobCommand {
+        if let JobCommand::Request { source, .. } = &mut self {
+            *source = Some(id);
+        }
+        self
+    }
+
+    /// This request on target `id` (no effect on other commands).
+    pub fn with_target(mut self, id: TargetId) -> JobCommand {
+        if let JobCommand::Request { target, .. } = &mut self {
+            *target = Some(id);
+        }
+        self
+    }
+
+    /// This request for the workers of `label` only (no effect on other commands).
+    pub fn with_site(mut self, label: Option<String>) -> JobCommand {
+        if let JobCommand::Request { site, .. } = &mut self {
+            *site = label;
+        }
+        self
+    }
+
     /// The command as errors name it.
     pub fn name(&self) -> &'static str {
         match self {

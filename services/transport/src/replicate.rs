@@ -416,16 +416,9 @@ fn target_point(
         let (after, _) = ctx.store.load_state::<Replica>(ctx.tenant, work.id.as_uuid()).await?;
         for dropped in before.points.iter().filter(|p| !after.points.iter().any(|kept| kept.point == p.point)) {
             let Ok(old) = dropped.point.parse::<uuid::Uuid>() else { continue };
-            let forget = JobCommand::Request {
-                kind: JobKind::Forget,
-                trigger: Trigger::Replica { replica: work.id },
-                policy: None,
-                source: None,
-                target: Some(spec.target),
-                snapshot: Some(old.into()),
-                mode: None,
-                site: None,
-            };
+            let forget = JobCommand::request(JobKind::Forget, Trigger::Replica { replica: work.id })
+                .with_target(spec.target)
+                .with_snapshot(old.into());
             // One forget per dropped point, the same id if this step is retried.
             let id = follow_up_job_id(ctx.job_id, JobKind::Forget, Some(TargetId::from(old)));
             match start_job(&ctx.store, ctx.tenant, id, &forget, &ctx.meta).await {
@@ -588,16 +581,9 @@ impl JobHandler for FailbackHandler {
         // Follow the source again, with the next generation's job.
         let (replica, _) = ctx.store.load_state::<Replica>(ctx.tenant, work.id.as_uuid()).await?;
         let follower = replicate_job_id(work.id, replica.failbacks);
-        let request = JobCommand::Request {
-            kind: JobKind::Replicate,
-            trigger: Trigger::Replica { replica: work.id },
-            policy: None,
-            source: Some(replica.source),
-            target: None,
-            snapshot: None,
-            mode: None,
-            site: ctx.job.site.clone(),
-        };
+        let request = JobCommand::request(JobKind::Replicate, Trigger::Replica { replica: work.id })
+            .with_source(replica.source)
+            .with_site(ctx.job.site.clone());
         match start_job(&ctx.store, ctx.tenant, follower, &request, &ctx.meta).await {
             Ok(()) | Err(ExecuteError::Domain(_)) => {}
             Err(e) => return Err(e.into()),
