@@ -100,6 +100,12 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
+/// `rel` below `root`; the empty path is `root` itself, so a mirrored single file (an image)
+/// is not named with a trailing `/` (which the file system refuses for a file).
+fn under(root: &Path, rel: &Path) -> PathBuf {
+    if rel.as_os_str().is_empty() { root.to_path_buf() } else { root.join(rel) }
+}
+
 fn remove_any(path: &Path) -> io::Result<bool> {
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.is_dir() => fs::remove_dir_all(path).map(|()| true),
@@ -249,9 +255,9 @@ impl Mirror {
     /// Syncs one non-folder entry; unless `force`, a file whose size, mtime and mode match
     /// the mirror's is taken as unchanged without reading it.
     fn sync_entry(&self, rel: &Path, meta: &fs::Metadata, force: bool) -> io::Result<SyncStats> {
-        let dest = self.dest.join(rel);
+        let dest = under(&self.dest, rel);
         if meta.file_type().is_symlink() {
-            let target = match fs::read_link(self.source.join(rel)) {
+            let target = match fs::read_link(under(&self.source, rel)) {
                 Ok(target) => target,
                 Err(e) if not_found(&e) => return Ok(SyncStats::default()),
                 Err(e) => return Err(e),
@@ -274,7 +280,7 @@ impl Mirror {
     }
 
     fn sync_file(&self, rel: &Path, meta: &fs::Metadata, force: bool) -> io::Result<SyncStats> {
-        let dest = self.dest.join(rel);
+        let dest = under(&self.dest, rel);
         let dest_meta = match fs::symlink_metadata(&dest) {
             Ok(m) if m.is_file() => Some(m),
             Ok(_) => {
@@ -293,7 +299,7 @@ impl Mirror {
         {
             return Ok(SyncStats::default());
         }
-        let mut source = File::open(self.source.join(rel))?;
+        let mut source = File::open(under(&self.source, rel))?;
         let mut stats = SyncStats { files: 1, oldest_change: Some(system_time(meta)), ..SyncStats::default() };
         let mut blocks = Vec::with_capacity(meta.len().div_ceil(BLOCK as u64) as usize);
         let mut buf = vec![0u8; BLOCK];
@@ -349,7 +355,7 @@ impl Mirror {
             fs::rename(&temporary, &dest)?;
         }
         // The source may have changed while we read it: remember what we wrote only if not.
-        let after = fs::metadata(self.source.join(rel))?;
+        let after = fs::metadata(under(&self.source, rel))?;
         let mut known = self.known.lock().expect("mirror state");
         if after.len() == offset && mtime_of(&after) == mtime_of(meta) {
             known.insert(rel.to_path_buf(), Known { size: offset, mtime: mtime_of(meta), blocks });
@@ -446,6 +452,22 @@ mod tests {
         let stats = restarted.sync_paths([source.join("disk.img").as_path()]).unwrap();
         assert_eq!(stats.bytes_written, BLOCK as u64, "only block 9; the tail is cut, not written: {stats:?}");
         assert_same(&source, &dest);
+    }
+
+    #[test]
+    fn a_single_file_mirrors_to_a_file_and_then_block_by_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, dest) = (dir.path().join("src/disk.img"), dir.path().join("dst/disk.img"));
+        let mut image = noise(4 * BLOCK, 5);
+        write(&source, &image);
+        let mirror = Mirror::new(&source, &dest);
+        assert_eq!(mirror.sync_all().unwrap().bytes_written, 4 * BLOCK as u64);
+        assert!(fs::read(&dest).unwrap() == image);
+        image[2 * BLOCK + 7] ^= 1;
+        fs::write(&source, &image).unwrap();
+        let stats = mirror.sync_paths([source.as_path()]).unwrap();
+        assert_eq!(stats.bytes_written, BLOCK as u64, "{stats:?}");
+        assert!(fs::read(&dest).unwrap() == image);
     }
 
     #[test]
