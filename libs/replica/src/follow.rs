@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 
 use crate::mirror::{Mirror, SyncStats};
 
@@ -53,6 +54,10 @@ impl Pass {
 
 /// The longest `on_pass` waits to be called.
 pub const IDLE_TICK: Duration = Duration::from_millis(100);
+
+fn is_read(kind: &EventKind) -> bool {
+    matches!(kind, EventKind::Access(access) if *access != AccessKind::Close(AccessMode::Write))
+}
 
 fn io_error(e: notify::Error) -> io::Error {
     io::Error::other(format!("watch for changes: {e}"))
@@ -120,6 +125,9 @@ pub fn follow(
                 let started = Instant::now();
                 let mut add = |event: notify::Result<notify::Event>| match event {
                     Ok(event) if event.need_rescan() => full = true,
+                    // Opening or reading a file changes nothing; our own reads of the source
+                    // would otherwise start another pass of the same files, forever.
+                    Ok(event) if is_read(&event.kind) => {}
                     Ok(event) => paths.extend(event.paths.into_iter().filter(|p| !single_file || *p == source)),
                     Err(e) => {
                         tracing::warn!(error = %e, "file-system notifications failed; rescanning");
@@ -199,6 +207,42 @@ mod tests {
             assert_eq!(pass.lag().is_some(), pass.stats.changed(), "a pass that changed something has a lag");
         }
         assert_eq!(std::fs::read(dest.join("new/deeper/third.txt")).unwrap(), b"third");
+        // The mirror's own reads of the source are no change: the source stays quiet.
+        let quiet = Instant::now() + Duration::from_millis(800);
+        while let Ok(pass) = passed.recv_timeout(quiet.saturating_duration_since(Instant::now())) {
+            assert!(!pass.stats.changed(), "a pass after the source went quiet: {pass:?}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        follower.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn an_image_that_stopped_changing_is_not_synced_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, dest) = (dir.path().join("src/disk.img"), dir.path().join("dst/disk.img"));
+        std::fs::create_dir_all(source.parent().unwrap()).unwrap();
+        std::fs::write(&source, vec![7u8; 3 << 20]).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (passes, passed) = mpsc::channel();
+        let follower = {
+            let (source, dest, stop) = (source.clone(), dest.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mirror = Mirror::new(source, dest);
+                follow(&mirror, &FollowSettings::default(), &stop, |pass| passes.send(pass.clone()).is_ok())
+            })
+        };
+        assert!(passed.recv_timeout(Duration::from_secs(10)).unwrap().full);
+        std::fs::write(&source, vec![8u8; 3 << 20]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !passed.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("a pass").stats.changed()
+        {
+        }
+        // The mirror's own reads of the source are no change.
+        let quiet = Instant::now() + Duration::from_millis(800);
+        while let Ok(pass) = passed.recv_timeout(quiet.saturating_duration_since(Instant::now())) {
+            assert!(!pass.stats.changed(), "a pass after the source went quiet: {pass:?}");
+        }
+        assert_eq!(std::fs::read(&dest).unwrap(), vec![8u8; 3 << 20]);
         stop.store(true, Ordering::Relaxed);
         follower.join().unwrap().unwrap();
     }
