@@ -41,85 +41,6 @@ pub fn walk_tree(
     Ok(())
 }
 
-/// One file of a snapshot as a stream of bytes, read chunk by chunk in order: each blob is
-/// read, authenticated and checked against its id before a byte of it is handed out; holes
-/// read as zeros. It holds one chunk in memory, so a database dump can be piped from the
-/// repository into a restore tool without a copy on disk.
-pub struct FileReader<'r> {
-    repo: &'r Repository,
-    index: &'r Index,
-    name: String,
-    chunks: std::vec::IntoIter<ChunkRef>,
-    chunk: Vec<u8>,
-    at: usize,
-    read: u64,
-    size: u64,
-}
-
-impl<'r> FileReader<'r> {
-    /// Reads `node`, which must be a file.
-    pub fn new(repo: &'r Repository, index: &'r Index, node: &Node) -> Result<FileReader<'r>> {
-        let name = String::from_utf8_lossy(&node.name).into_owned();
-        if node.kind != NodeKind::File {
-            return Err(Error::Refused(format!("`{name}` is not a file")));
-        }
-        Ok(FileReader {
-            repo,
-            index,
-            name,
-            chunks: node.content.clone().into_iter(),
-            chunk: Vec::new(),
-            at: 0,
-            read: 0,
-            size: node.size,
-        })
-    }
-
-    /// The file's size, as the snapshot records it.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    fn next_chunk(&mut self) -> Result<bool> {
-        let Some(ChunkRef(id, length)) = self.chunks.next() else {
-            if self.read != self.size {
-                return Err(Error::corrupt(
-                    format!("file `{}`", self.name),
-                    format!("its chunks hold {} bytes, the snapshot says {}", self.read, self.size),
-                ));
-            }
-            return Ok(false);
-        };
-        self.chunk = match id {
-            Some(id) => self.repo.read_blob(self.index, &id)?,
-            None => vec![0; length as usize],
-        };
-        if self.chunk.len() != length as usize {
-            return Err(Error::corrupt(
-                format!("file `{}`", self.name),
-                format!("a chunk holds {} bytes, its reference says {length}", self.chunk.len()),
-            ));
-        }
-        self.at = 0;
-        self.read += u64::from(length);
-        Ok(true)
-    }
-}
-
-impl std::io::Read for FileReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.at == self.chunk.len() {
-            if !self.next_chunk().map_err(std::io::Error::other)? {
-                return Ok(0);
-            }
-        }
-        let n = buf.len().min(self.chunk.len() - self.at);
-        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
 /// How to restore.
 #[derive(Clone, Default)]
 pub struct RestoreOptions {
@@ -578,10 +499,11 @@ pub fn verify_restore(
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
+    use std::sync::Arc;
 
-    use super::{FileReader, nonzero_runs};
+    use super::nonzero_runs;
     use crate::backend::{Backend, Target, TargetOptions};
+    use crate::reader::FileReader;
     use crate::repository::{InitOptions, Repository, TreeLoader};
     use crate::{BackupOptions, BackupSource, Error, NamedCommand, backup};
 
@@ -609,13 +531,13 @@ mod tests {
         let root = TreeLoader::new(&repo, &index).load(&outcome.snapshot.tree).unwrap();
         let [node] = &root.nodes[..] else { panic!("one file in a stream snapshot: {:?}", root.nodes) };
         assert!(node.content.len() > 2, "several chunks");
-        let mut reader = FileReader::new(&repo, &index, node).unwrap();
+        let reader = FileReader::new(repo.clone(), Arc::new(index.clone()), node).unwrap();
         assert_eq!(reader.size(), expected.len() as u64);
         let mut read = Vec::new();
         // Small reads cross chunk boundaries.
         let mut buf = [0u8; 7777];
         loop {
-            let n = reader.read(&mut buf).unwrap();
+            let n = reader.read_at(read.len() as u64, &mut buf).unwrap();
             if n == 0 {
                 break;
             }
@@ -657,10 +579,11 @@ mod tests {
         let root = TreeLoader::new(&repo, &index).load(&outcome.snapshot.tree).unwrap();
         let names: Vec<&[u8]> = root.nodes.iter().map(|n| n.name.as_slice()).collect();
         assert_eq!(names, [&b"a.dump"[..], b"z.dump"]);
-        let mut text = String::new();
-        FileReader::new(&repo, &index, &root.nodes[0]).unwrap().read_to_string(&mut text).unwrap();
+        let reader = FileReader::new(repo.clone(), Arc::new(index.clone()), &root.nodes[0]).unwrap();
+        let mut text = vec![0u8; reader.size() as usize];
+        assert_eq!(reader.read_at(0, &mut text).unwrap(), text.len());
         let expected: Vec<String> = (5..=50).map(|n| n.to_string()).collect();
-        assert_eq!(text, expected.join("\n") + "\n");
+        assert_eq!(String::from_utf8(text).unwrap(), expected.join("\n") + "\n");
         let twice = BackupSource::Commands(vec![named("a.dump", "true"), named("a.dump", "true")]);
         assert!(matches!(backup(&repo, twice, &BackupOptions::default()), Err(Error::Refused(_))));
     }

@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arca_repo::format::{Node, NodeKind, Tree};
-use arca_repo::repository::{Index, TreeLoader};
 use arca_repo::reader::FileReader;
+use arca_repo::repository::{Index, TreeLoader};
 use arca_repo::{Repository, Snapshot};
 use arca_worker::JobError;
 
