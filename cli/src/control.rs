@@ -213,11 +213,18 @@ pub enum JobCommandArgs {
         #[arg(long)]
         snapshot: SnapshotId,
         /// Folder (absolute) to restore into
-        #[arg(long, required_unless_present = "to_target", conflicts_with = "to_target")]
+        #[arg(long, required_unless_present_any = ["to_target", "to_database"], conflicts_with_all = ["to_target", "to_database"])]
         to: Option<String>,
         /// Target to restore the whole snapshot into
-        #[arg(long)]
+        #[arg(long, conflicts_with = "to_database")]
         to_target: Option<TargetId>,
+        /// New PostgreSQL database to restore a `postgres` snapshot's dump into (refused if it
+        /// exists); the recovery worker connects as its PG* environment says
+        #[arg(long)]
+        to_database: Option<String>,
+        /// With --to-database: which dump of the snapshot, by its database's name (when it holds several)
+        #[arg(long, requires = "to_database")]
+        from: Option<String>,
         /// Only paths matching this glob (repeatable)
         #[arg(long)]
         include: Vec<String>,
@@ -486,13 +493,14 @@ pub fn job(connection: Connection, command: JobCommandArgs, json: bool) -> Resul
                 let id = request(&store, tenant.tenant, command, JobKind::Verify, None).await?;
                 print_id(json, "job", id);
             }
-            JobCommandArgs::Restore { tenant, snapshot, to, to_target, include, site } => {
+            JobCommandArgs::Restore { tenant, snapshot, to, to_target, to_database, from, include, site } => {
                 let id = JobId::new();
                 let meta = Metadata::new_root();
-                let destination = match (to, to_target) {
-                    (Some(path), _) => RestoreDestination::Directory { path, site: site.clone() },
-                    (None, Some(target)) => RestoreDestination::Target { target },
-                    (None, None) => bail!("give --to FOLDER or --to-target TARGET"),
+                let destination = match (to, to_target, to_database) {
+                    (Some(path), _, _) => RestoreDestination::Directory { path, site: site.clone() },
+                    (None, Some(target), _) => RestoreDestination::Target { target },
+                    (None, None, Some(name)) => RestoreDestination::Database { name, from, site: site.clone() },
+                    (None, None, None) => bail!("give --to FOLDER, --to-target TARGET or --to-database NAME"),
                 };
                 let restore = RestoreCommand::Request { snapshot, paths: include, destination, job: id };
                 store.execute::<arca_domain::restore::Restore>(tenant.tenant, id, &restore, &meta).await?;

@@ -64,10 +64,26 @@ if ! pg_up; then
     fi
 fi
 
+# The PostgreSQL source tests run pg_dump, pg_restore, psql, createdb and dropdb against that
+# server: pg_dump refuses a server newer than itself, so the client must be of the server's
+# major version or newer (Debian's postgresql-client-15 beside the postgresql-15 server).
+for tool in psql pg_dump pg_restore createdb dropdb; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "ensure-tools: $tool is not installed (apt-get install postgresql-client); the PostgreSQL tests need it" >&2
+        exit 1
+    fi
+done
+pg_client_major=$(pg_dump --version | sed -E 's/.* ([0-9]+)[.].*/\1/')
+pg_server_major=$(psql "${ARCA_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}/postgres" -XAtqc 'SHOW server_version_num' 2>/dev/null | cut -c1-2)
+if [ -n "$pg_server_major" ] && [ "$pg_client_major" -lt "$pg_server_major" ]; then
+    echo "ensure-tools: pg_dump $pg_client_major is older than the PostgreSQL $pg_server_major server; install postgresql-client-$pg_server_major" >&2
+    exit 1
+fi
+
 cat <<INFO
 ARCA_TOOLS_DIR=$TOOLS_DIR
   moto_server   $TOOLS_DIR/bin/moto_server   (moto $MOTO_VERSION)
   nats-server   $TOOLS_DIR/bin/nats-server   (nats-server $NATS_VERSION)
   azurite-blob  $TOOLS_DIR/bin/azurite-blob  (azurite $AZURITE_VERSION)
-  postgresql    127.0.0.1:5432 $(pg_up && echo up || echo DOWN)
+  postgresql    127.0.0.1:5432 $(pg_up && echo up || echo DOWN) (server ${pg_server_major:-?}, client tools $pg_client_major)
 INFO

@@ -173,6 +173,20 @@ pub enum RestoreTo {
     Directory { path: String, site: Option<String> },
     /// Another target of the tenant: the snapshot is copied into its repository.
     Target { target: Uuid },
+    /// A new PostgreSQL database (a snapshot of a `postgres` source): created by the restore,
+    /// which refuses a name that exists, on the server the recovery worker (of `site`, if given)
+    /// reaches through its `PG*` environment; the dump is restored with `pg_restore`.
+    Database {
+        /// The database to create: letters, digits, `_` and `-`, starting with a letter or `_`,
+        /// at most 63 characters.
+        #[schema(pattern = "^[A-Za-z_][A-Za-z0-9_-]{0,62}$", example = "app_restored")]
+        name: String,
+        /// Which dump of the snapshot, by the name of the database it was taken from; needed
+        /// only when the snapshot holds several.
+        #[schema(min_length = 1, max_length = 63)]
+        from: Option<String>,
+        site: Option<String>,
+    },
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -183,7 +197,8 @@ pub enum RestoreTo {
         "paths": ["/home/ann/**"],
         "to": { "type": "directory", "path": "/srv/restore" }
     }),
-    json!({ "snapshot": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "to": { "type": "target", "target": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c" } })
+    json!({ "snapshot": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "to": { "type": "target", "target": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c" } }),
+    json!({ "snapshot": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "to": { "type": "database", "name": "app_restored" } })
 ))]
 pub struct CreateRestore {
     pub snapshot: Uuid,
@@ -194,7 +209,8 @@ pub struct CreateRestore {
 }
 
 /// Restore a snapshot (operators and up): the whole snapshot or chosen paths, into a folder
-/// or another target; the result is verified against the snapshot. Follow it as a job.
+/// or another target, where the result is verified against the snapshot; or a PostgreSQL
+/// source's dump into a new database (never an existing one). Follow it as a job.
 #[utoipa::path(post, path = "/v1/restores", tag = "restores", request_body = CreateRestore, params(TenantParams),
     responses((status = 202, body = StartedJob), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("api_key" = [])))]
@@ -221,6 +237,10 @@ pub async fn create_restore(
                 (RestoreDestination::Directory { path: path.into(), site: site.clone() }, site.clone())
             }
             RestoreTo::Target { target } => (RestoreDestination::Target { target: TargetId::from(*target) }, None),
+            RestoreTo::Database { name, from, site } => (
+                RestoreDestination::Database { name: name.clone(), from: from.clone(), site: site.clone() },
+                site.clone(),
+            ),
         };
         let job = JobId::new();
         let meta = command_metadata();

@@ -12,6 +12,7 @@ mod deps;
 mod instant;
 mod keys;
 mod platform;
+mod postgres;
 mod prune;
 mod replication;
 mod restore;

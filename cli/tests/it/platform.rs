@@ -72,10 +72,12 @@ impl RestartableNats {
 
 /// A platform under test: its NATS, its data folder, its processes.
 pub(crate) struct Platform {
-    nats: NatsUrl,
+    pub(crate) nats: NatsUrl,
     _server: Option<arca_testkit::NatsServer>,
     data: tempfile::TempDir,
     processes: Vec<(String, Process)>,
+    /// Set for every process it starts, on top of the test's own environment.
+    env: Vec<(String, String)>,
 }
 
 impl Platform {
@@ -85,8 +87,8 @@ impl Platform {
     }
 }
 
-struct NatsUrl {
-    url: String,
+pub(crate) struct NatsUrl {
+    pub(crate) url: String,
 }
 
 impl Platform {
@@ -98,7 +100,13 @@ impl Platform {
     fn on(url: String, server: Option<arca_testkit::NatsServer>) -> Platform {
         let data = tempfile::tempdir().unwrap();
         std::fs::write(data.path().join("secret.key"), "ab".repeat(32)).unwrap();
-        Platform { nats: NatsUrl { url }, _server: server, data, processes: Vec::new() }
+        Platform { nats: NatsUrl { url }, _server: server, data, processes: Vec::new(), env: Vec::new() }
+    }
+
+    /// Starts its processes with `key=value` in their environment too.
+    pub(crate) fn with_env(mut self, key: &str, value: &str) -> Platform {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
     }
 
     fn key_file(&self) -> PathBuf {
@@ -113,6 +121,7 @@ impl Platform {
             .env("ARCA_SECRET_KEY_FILE", self.key_file())
             .env("ARCA_TEST_FAST_KDF", "1")
             .env("ARCA_BOOTSTRAP_KEY", API_KEY)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -277,7 +286,7 @@ fn make_source(dir: &Path) {
 }
 
 /// A catalog query's answer (`null` when it failed).
-fn catalog_query(nats: &str, query: &str, request: serde_json::Value) -> serde_json::Value {
+pub(crate) fn catalog_query(nats: &str, query: &str, request: serde_json::Value) -> serde_json::Value {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let bus = Bus::connect(BusConfig::new(nats)).await.unwrap();
         bus.request(&format!("arca.q.catalog.{query}"), &request, None, Duration::from_secs(2))

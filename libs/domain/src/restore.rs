@@ -1,5 +1,6 @@
-//! A restore: bring (part of) a snapshot back, into a folder on a host or into another
-//! repository, through a job of its own; it ends once, in success or failure.
+//! A restore: bring (part of) a snapshot back, into a folder on a host, into another
+//! repository, or (a database dump) into a new PostgreSQL database, through a job of its own;
+//! it ends once, in success or failure.
 
 use arca_events::{
     AggregateType, Event, JobId, RestoreDestination, RestoreFailed, RestoreRequested, RestoreSucceeded, SnapshotId,
@@ -71,11 +72,24 @@ impl Aggregate for Restore {
                     validate::not_blank("paths", path)?;
                     validate::relative_free_path("paths", path)?;
                 }
-                if let RestoreDestination::Directory { path, site } = destination {
-                    validate::absolute_path("destination", path)?;
-                    if let Some(site) = site {
-                        validate::site("site", site)?;
+                match destination {
+                    RestoreDestination::Directory { path, .. } => validate::absolute_path("destination", path)?,
+                    RestoreDestination::Database { name, from, .. } => {
+                        validate::new_database_name("destination", name)?;
+                        if let Some(from) = from {
+                            validate::database_name("from", from)?;
+                        }
+                        if !paths.is_empty() {
+                            return Err(DomainError::invalid(
+                                "paths",
+                                "a database restore takes one dump of the snapshot whole: name it with `from`, not with paths",
+                            ));
+                        }
                     }
+                    RestoreDestination::Target { .. } => {}
+                }
+                if let Some(site) = destination.site() {
+                    validate::site("site", site)?;
                 }
                 RestoreRequested {
                     snapshot: *snapshot,
@@ -176,6 +190,37 @@ mod tests {
         }
         AggregateTest::<Restore>::given(vec![])
             .when(request(&[], RestoreDestination::Directory { path: "/srv/restore".into(), site: Some("a.b".into()) }))
+            .then_expect_invalid("site");
+    }
+
+    fn to_database(name: &str, from: Option<&str>) -> RestoreDestination {
+        RestoreDestination::Database { name: name.into(), from: from.map(Into::into), site: None }
+    }
+
+    #[test]
+    fn a_dump_is_restored_into_a_new_database_with_a_safe_name() {
+        AggregateTest::<Restore>::given(vec![]).when(request(&[], to_database("app_copy", None))).then_expect_ok();
+        AggregateTest::<Restore>::given(vec![])
+            .when(request(&[], to_database("app-2026", Some("billing db"))))
+            .then_expect_ok();
+        for name in ["", "app copy", "-app", "dbname=x host=evil", "postgres", "template0", &"d".repeat(64)] {
+            AggregateTest::<Restore>::given(vec![])
+                .when(request(&[], to_database(name, None)))
+                .then_expect_invalid("destination");
+        }
+        for from in ["", "a/b"] {
+            AggregateTest::<Restore>::given(vec![])
+                .when(request(&[], to_database("app_copy", Some(from))))
+                .then_expect_invalid("from");
+        }
+        AggregateTest::<Restore>::given(vec![])
+            .when(request(&["/app.pgdump"], to_database("app_copy", None)))
+            .then_expect_invalid("paths");
+        AggregateTest::<Restore>::given(vec![])
+            .when(request(
+                &[],
+                RestoreDestination::Database { name: "app_copy".into(), from: None, site: Some("x y".into()) },
+            ))
             .then_expect_invalid("site");
     }
 

@@ -183,14 +183,7 @@ impl Definition<'_> {
             }
             match self.kind {
                 SourceKind::Files | SourceKind::Image => validate::absolute_path(FIELD, path)?,
-                SourceKind::Postgres => {
-                    if path.trim().is_empty() || path.contains('/') || path.chars().any(char::is_control) {
-                        return Err(DomainError::invalid(
-                            FIELD,
-                            format!("`{path}` is not a database name (a PostgreSQL source's paths name databases)"),
-                        ));
-                    }
-                }
+                SourceKind::Postgres => validate::database_name(FIELD, path)?,
             }
         }
         if self.kind == SourceKind::Image && self.paths.len() != 1 {

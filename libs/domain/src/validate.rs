@@ -68,6 +68,53 @@ pub fn relative_free_path(field: &'static str, path: &str) -> Result<(), DomainE
     Ok(())
 }
 
+/// The longest PostgreSQL identifier, in bytes (`NAMEDATALEN - 1`): longer names are cut.
+pub const MAX_DATABASE_NAME_BYTES: usize = 63;
+
+/// The name of an existing PostgreSQL database (what a source dumps): 1 to
+/// [`MAX_DATABASE_NAME_BYTES`] bytes, no `/` (it names a file in the snapshot), no control
+/// characters. PostgreSQL allows almost anything in a quoted name, so this is all it asks.
+pub fn database_name(field: &'static str, name: &str) -> Result<(), DomainError> {
+    if name.trim().is_empty() || name.contains('/') || name.chars().any(char::is_control) {
+        return Err(DomainError::invalid(field, format!("`{name}` is not a database name")));
+    }
+    if name.len() > MAX_DATABASE_NAME_BYTES {
+        return Err(DomainError::invalid(
+            field,
+            format!("`{name}` is {} bytes long; PostgreSQL names have at most {MAX_DATABASE_NAME_BYTES}", name.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// The name of a database a restore creates: 1 to [`MAX_DATABASE_NAME_BYTES`] of
+/// `A-Z a-z 0-9 _ -`, starting with a letter or `_`, and not one of the databases every
+/// cluster has (`postgres`, `template0`, `template1`). Stricter than PostgreSQL on purpose:
+/// the name reaches `createdb` and `pg_restore` arguments, where it must never read as an
+/// option or a connection string.
+pub fn new_database_name(field: &'static str, name: &str) -> Result<(), DomainError> {
+    let starts_well = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_');
+    if !starts_well || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(DomainError::invalid(
+            field,
+            format!("`{name}` must start with a letter or `_` and hold only letters, digits, `_` and `-`"),
+        ));
+    }
+    if name.len() > MAX_DATABASE_NAME_BYTES {
+        return Err(DomainError::invalid(
+            field,
+            format!("`{name}` is {} characters long; at most {MAX_DATABASE_NAME_BYTES}", name.len()),
+        ));
+    }
+    if ["postgres", "template0", "template1"].contains(&name) {
+        return Err(DomainError::invalid(
+            field,
+            format!("`{name}` exists in every cluster: restore into a new database"),
+        ));
+    }
+    Ok(())
+}
+
 /// A hex SHA-256: exactly 64 lowercase hex digits.
 pub fn sha256_hex(field: &'static str, hash: &str) -> Result<(), DomainError> {
     if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
@@ -374,6 +421,22 @@ mod tests {
         assert_eq!(sha256_hex("hash", &"0a".repeat(32)), Ok(()));
         for bad in ["".to_owned(), "0A".repeat(32), "0a".repeat(31), "g".repeat(64), "0a".repeat(33)] {
             assert!(sha256_hex("hash", &bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn database_names_follow_postgresql() {
+        for good in ["app", "Billing", "my-db", "o'brien db", &"x".repeat(63)] {
+            assert!(database_name("from", good).is_ok(), "{good}");
+        }
+        for bad in ["", " ", "a/b", "a\nb", &"x".repeat(64)] {
+            assert!(database_name("from", bad).is_err(), "{bad:?}");
+        }
+        for good in ["app_copy", "_restore-2", "App2", &"x".repeat(63)] {
+            assert!(new_database_name("destination", good).is_ok(), "{good}");
+        }
+        for bad in ["", "2app", "-app", "app copy", "a;drop", "host=evil", "postgres", "template1", &"x".repeat(64)] {
+            assert!(new_database_name("destination", bad).is_err(), "{bad:?}");
         }
     }
 

@@ -199,6 +199,28 @@ pub enum RestoreDestination {
     },
     /// Into another repository.
     Target { target: TargetId },
+    /// A new PostgreSQL database, created by the restore (never an existing one), on the
+    /// server a recovery instance (of `site`, if given) reaches through its `PG*` environment.
+    Database {
+        /// The database to create.
+        name: String,
+        /// Which dump of the snapshot to restore, by the name of the database it was taken
+        /// from; needed only when the snapshot holds several.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        site: Option<String>,
+    },
+}
+
+impl RestoreDestination {
+    /// The site whose recovery instance must run the restore, if any.
+    pub fn site(&self) -> Option<&str> {
+        match self {
+            RestoreDestination::Directory { site, .. } | RestoreDestination::Database { site, .. } => site.as_deref(),
+            RestoreDestination::Target { .. } => None,
+        }
+    }
 }
 
 /// Where a replica is kept.

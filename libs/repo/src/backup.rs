@@ -41,6 +41,16 @@ pub enum BackupSource {
     Stdin { name: String },
     /// A command's standard output (run with `sh -c`), stored as one file called `name`.
     Command { name: String, command: String },
+    /// Several commands' standard output, each stored as one file named by its `name`. They
+    /// run one after another; any that fails fails the backup, which then writes no snapshot.
+    Commands(Vec<NamedCommand>),
+}
+
+/// A command whose standard output is stored as the file `name`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedCommand {
+    pub name: String,
+    pub command: String,
 }
 
 /// How to back up.
@@ -114,6 +124,20 @@ pub fn backup(repo: &Repository, source: BackupSource, options: &BackupOptions) 
             check_stream_name(name)?;
             (SourceKind::Stream, vec![PathBuf::from(name)])
         }
+        BackupSource::Commands(commands) => {
+            if commands.is_empty() {
+                return Err(Error::Refused("no command to back up".into()));
+            }
+            let mut names = Vec::with_capacity(commands.len());
+            for NamedCommand { name, .. } in commands {
+                check_stream_name(name)?;
+                if names.contains(&PathBuf::from(name)) {
+                    return Err(Error::Refused(format!("two commands would both be stored as `{name}`")));
+                }
+                names.push(PathBuf::from(name));
+            }
+            (SourceKind::Stream, names)
+        }
     };
     let path_strings: Vec<String> = paths.iter().map(|p| p.to_string_lossy().into_owned()).collect();
     let parent = match options.mode {
@@ -141,8 +165,17 @@ pub fn backup(repo: &Repository, source: BackupSource, options: &BackupOptions) 
         BackupSource::Paths(_) | BackupSource::Image(_) => {
             run.back_up_paths(&paths, parent_tree, kind == SourceKind::Image, threads)
         }
-        BackupSource::Stdin { name } => run.back_up_stream(&name, std::io::stdin().lock()),
-        BackupSource::Command { name, command } => run.back_up_command(&name, &command),
+        BackupSource::Stdin { name } => {
+            run.back_up_stream(&name, std::io::stdin().lock()).and_then(|node| run.stream_tree(vec![node]))
+        }
+        BackupSource::Command { name, command } => {
+            run.back_up_command(&name, &command).and_then(|node| run.stream_tree(vec![node]))
+        }
+        BackupSource::Commands(commands) => commands
+            .iter()
+            .map(|NamedCommand { name, command }| run.back_up_command(name, command))
+            .collect::<Result<Vec<Node>>>()
+            .and_then(|nodes| run.stream_tree(nodes)),
     };
     // The run holds a handle on the pipeline; release it so the pipeline can drain.
     let Run { warnings, partial, mut summary, sink, .. } = run;
@@ -563,10 +596,12 @@ impl<'a> Run<'a> {
         Ok(tree_ids[0].expect("root is built"))
     }
 
-    fn back_up_stream(&mut self, name: &str, reader: impl Read) -> Result<BlobId> {
+    /// Stores `reader`'s bytes as the content of a file called `name`; its node.
+    fn back_up_stream(&mut self, name: &str, reader: impl Read) -> Result<Node> {
         let chunker = Chunker::new(&self.repo.config().chunker);
         let mut content = Vec::new();
         let size = chunker.chunk_reader::<_, Error>(reader, &mut Vec::new(), |chunk| {
+            self.progress.check()?;
             content.push(store_chunk(&self.sink, chunk)?);
             self.progress.bytes_done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             Ok(())
@@ -588,13 +623,19 @@ impl<'a> Run<'a> {
             subtree: None,
             link_target: None,
         };
-        self.summary.files_new = 1;
-        self.summary.bytes_read = size;
-        self.summary.bytes_total = size;
-        self.sink.store(BlobKind::Tree, &to_msgpack(&Tree { nodes: vec![node] }))
+        self.summary.files_new += 1;
+        self.summary.bytes_read += size;
+        self.summary.bytes_total += size;
+        Ok(node)
     }
 
-    fn back_up_command(&mut self, name: &str, command: &str) -> Result<BlobId> {
+    /// The root tree of a snapshot of streams: one file each.
+    fn stream_tree(&mut self, mut nodes: Vec<Node>) -> Result<BlobId> {
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        self.sink.store(BlobKind::Tree, &to_msgpack(&Tree { nodes }))
+    }
+
+    fn back_up_command(&mut self, name: &str, command: &str) -> Result<Node> {
         let mut child = std::process::Command::new("sh")
             .arg("-c")
             .arg(command)
@@ -611,15 +652,21 @@ impl<'a> Run<'a> {
             buf
         });
         let stored = self.back_up_stream(name, stdout);
+        if stored.is_err() {
+            // The engine stopped reading (cancelled, or storage failed): that is the cause, and
+            // the command, its output cut off, has nothing more to say.
+            let _ = child.kill();
+        }
         let status =
             child.wait().map_err(|e| Error::Command { command: command.to_string(), reason: e.to_string() })?;
         let err_out = err_reader.join().unwrap_or_default();
+        let node = stored?;
         if !status.success() {
             let text = String::from_utf8_lossy(&err_out);
             let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
             return Err(Error::Command { command: command.to_string(), reason: format!("{status}: {last}") });
         }
-        stored
+        Ok(node)
     }
 }
 

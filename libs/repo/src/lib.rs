@@ -52,7 +52,7 @@ pub mod restore;
 pub mod ticker;
 
 pub use backend::{Backend, Target, TargetOptions};
-pub use backup::{BackupOptions, BackupOutcome, BackupSource, Progress, backup};
+pub use backup::{BackupOptions, BackupOutcome, BackupSource, NamedCommand, Progress, backup};
 pub use error::{Error, Result};
 pub use format::{BackupMode, BackupSummary, Node, NodeKind, RetentionPolicy, Snapshot, SourceKind, Tree};
 pub use repository::{InitOptions, Repository, RepositoryIdentity};

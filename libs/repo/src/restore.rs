@@ -499,7 +499,94 @@ pub fn verify_restore(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::nonzero_runs;
+    use crate::backend::{Backend, Target, TargetOptions};
+    use crate::reader::FileReader;
+    use crate::repository::{InitOptions, Repository, TreeLoader};
+    use crate::{BackupOptions, BackupSource, Error, NamedCommand, backup};
+
+    fn scratch_repository(dir: &std::path::Path) -> Repository {
+        let target = Target::parse(&format!("fs://{}", dir.display())).unwrap();
+        let backend = Backend::open(&target, &TargetOptions::default()).unwrap();
+        let options = InitOptions {
+            kdf: crate::crypto::KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 },
+            ..InitOptions::default()
+        };
+        Repository::init(backend, b"test", &options).unwrap()
+    }
+
+    #[test]
+    fn a_commands_output_reads_back_as_one_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = scratch_repository(dir.path());
+        // A few megabytes of text: several chunks, and runs of zeros stored as holes.
+        let command = "seq 1 500000; head -c 3000000 /dev/zero; seq 7 70000";
+        let source = BackupSource::Command { name: "app.dump".into(), command: command.into() };
+        let outcome = backup(&repo, source, &BackupOptions::default()).unwrap();
+        let expected = std::process::Command::new("sh").args(["-c", command]).output().unwrap().stdout;
+
+        let index = repo.load_index().unwrap();
+        let root = TreeLoader::new(&repo, &index).load(&outcome.snapshot.tree).unwrap();
+        let [node] = &root.nodes[..] else { panic!("one file in a stream snapshot: {:?}", root.nodes) };
+        assert!(node.content.len() > 2, "several chunks");
+        let reader = FileReader::new(repo.clone(), Arc::new(index.clone()), node).unwrap();
+        assert_eq!(reader.size(), expected.len() as u64);
+        let mut read = Vec::new();
+        // Small reads cross chunk boundaries.
+        let mut buf = [0u8; 7777];
+        loop {
+            let n = reader.read_at(read.len() as u64, &mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            read.extend_from_slice(&buf[..n]);
+        }
+        assert!(read == expected, "the stream reads back byte for byte");
+    }
+
+    #[test]
+    fn a_command_that_fails_after_writing_commits_no_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = scratch_repository(dir.path());
+        let source = BackupSource::Command {
+            name: "app.dump".into(),
+            command: "seq 1 300000; echo 'pg_dump: error: connection lost' >&2; exit 1".into(),
+        };
+        match backup(&repo, source, &BackupOptions::default()) {
+            Err(Error::Command { reason, .. }) => assert!(reason.contains("connection lost"), "{reason}"),
+            other => panic!("a failed command must fail the backup: {:?}", other.map(|o| o.snapshot_id)),
+        }
+        assert!(repo.snapshots().unwrap().is_empty(), "no snapshot of a truncated stream");
+
+        // Of several commands, the last failing fails it all.
+        let named = |name: &str, command: &str| NamedCommand { name: name.into(), command: command.into() };
+        let source = BackupSource::Commands(vec![named("a.dump", "seq 1 1000"), named("b.dump", "seq 1 10; exit 2")]);
+        assert!(matches!(backup(&repo, source, &BackupOptions::default()), Err(Error::Command { .. })));
+        assert!(repo.snapshots().unwrap().is_empty(), "no snapshot when one of its commands failed");
+    }
+
+    #[test]
+    fn several_commands_are_one_snapshot_of_one_file_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = scratch_repository(dir.path());
+        let named = |name: &str, command: &str| NamedCommand { name: name.into(), command: command.into() };
+        let source = BackupSource::Commands(vec![named("z.dump", "seq 1 1000"), named("a.dump", "seq 5 50")]);
+        let outcome = backup(&repo, source, &BackupOptions::default()).unwrap();
+        assert_eq!(outcome.snapshot.summary.files_new, 2);
+        let index = repo.load_index().unwrap();
+        let root = TreeLoader::new(&repo, &index).load(&outcome.snapshot.tree).unwrap();
+        let names: Vec<&[u8]> = root.nodes.iter().map(|n| n.name.as_slice()).collect();
+        assert_eq!(names, [&b"a.dump"[..], b"z.dump"]);
+        let reader = FileReader::new(repo.clone(), Arc::new(index.clone()), &root.nodes[0]).unwrap();
+        let mut text = vec![0u8; reader.size() as usize];
+        assert_eq!(reader.read_at(0, &mut text).unwrap(), text.len());
+        let expected: Vec<String> = (5..=50).map(|n| n.to_string()).collect();
+        assert_eq!(String::from_utf8(text).unwrap(), expected.join("\n") + "\n");
+        let twice = BackupSource::Commands(vec![named("a.dump", "true"), named("a.dump", "true")]);
+        assert!(matches!(backup(&repo, twice, &BackupOptions::default()), Err(Error::Refused(_))));
+    }
 
     #[test]
     fn zero_pages_are_skipped() {

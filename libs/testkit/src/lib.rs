@@ -317,6 +317,33 @@ pub fn postgres_database() -> PgDatabase {
     PgDatabase { url: format!("{server}/{name}"), name, server }
 }
 
+/// A unique database name that no one has created yet, for something under test to create
+/// (a restore's new database); dropped, if it exists, on drop.
+pub fn postgres_database_name() -> PgDatabase {
+    let server = postgres_server();
+    let name = unique_name().replace('-', "_");
+    PgDatabase { url: format!("{server}/{name}"), name, server }
+}
+
+/// The `PG*` environment that points PostgreSQL's client tools (`pg_dump`, `pg_restore`,
+/// `psql`, …) at the test server: what a worker under test is given.
+pub fn postgres_env() -> Vec<(&'static str, String)> {
+    let server = postgres_server();
+    let rest = server.split_once("://").map_or(server.as_str(), |(_, rest)| rest);
+    let rest = rest.split('/').next().unwrap_or_default();
+    let (user, host_port) = rest.rsplit_once('@').unwrap_or(("", rest));
+    let (user, password) = user.split_once(':').unwrap_or((user, ""));
+    let (host, port) = host_port.rsplit_once(':').unwrap_or((host_port, "5432"));
+    let mut env = vec![("PGHOST", host.to_owned()), ("PGPORT", port.to_owned())];
+    if !user.is_empty() {
+        env.push(("PGUSER", user.to_owned()));
+    }
+    if !password.is_empty() {
+        env.push(("PGPASSWORD", password.to_owned()));
+    }
+    env
+}
+
 impl Drop for PgDatabase {
     fn drop(&mut self) {
         let _ = std::process::Command::new("psql")

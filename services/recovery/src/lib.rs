@@ -1,7 +1,10 @@
 //! The recovery service moves data *out*: it runs restore jobs — a whole snapshot or chosen
 //! paths, into a folder on the host of this instance — and then reads every restored file
 //! back and checks it chunk by chunk against the snapshot (`arca_repo::restore::verify_restore`)
-//! before it reports the restore as verified.
+//! before it reports the restore as verified. A snapshot of a PostgreSQL source is restored
+//! into a new database instead ([`postgres`]): its dump is streamed from the repository into
+//! `pg_restore` (reported as not verified: every chunk of the dump is authenticated on the
+//! way, but the database is not read back).
 //!
 //! A restore is requested as a `RestoreRequested` on the restore aggregate whose id is the
 //! job's id, plus a restore job on the queue (its site is the destination's site, so the
@@ -21,9 +24,9 @@ use std::sync::atomic::Ordering;
 use arca_bus::secrets::SecretStore;
 use arca_bus::{Bus, BusConfig, BusError, ExecuteError};
 use arca_domain::export::{Export, ExportCommand, ExportStatus};
-use arca_domain::restore::{Restore, RestoreCommand};
+use arca_domain::restore::{Restore, RestoreCommand, RestoreStatus};
 use arca_domain::snapshot::Snapshot;
-use arca_events::{JobKind, RestoreDestination};
+use arca_events::{JobKind, RestoreDestination, RestoreSucceeded};
 use arca_repo::reader::{FileReader, image_node};
 use arca_repo::restore::{RestoreOptions, RestoreProgress, restore, verify_restore};
 use arca_worker::copy::copy_snapshot;
@@ -31,6 +34,8 @@ use arca_worker::keys::ServerKey;
 use arca_worker::runner::{ProgressReading, run_worker};
 use arca_worker::{JobContext, JobError, JobHandler, JobOutcome, Targets, WorkerSettings};
 use nbd::NbdServer;
+
+pub mod postgres;
 
 /// How to run a recovery worker.
 #[derive(Clone, Debug)]
@@ -120,8 +125,14 @@ pub struct RestoreHandler {
     targets: Targets,
 }
 
+/// What a restore did, and whether it read the result back.
+struct Finished {
+    outcome: JobOutcome,
+    verified: bool,
+}
+
 impl RestoreHandler {
-    async fn restore(&self, ctx: &JobContext, request: &Restore) -> Result<JobOutcome, JobError> {
+    async fn restore(&self, ctx: &JobContext, request: &Restore) -> Result<Finished, JobError> {
         let path = match &request.destination {
             Some(RestoreDestination::Directory { path, .. }) => path,
             // Into another repository: a copy, every blob authenticated and checked against
@@ -133,7 +144,12 @@ impl RestoreHandler {
                             .into(),
                     ));
                 }
-                return copy_snapshot(&self.targets, ctx, request.snapshot, *target).await;
+                let outcome = copy_snapshot(&self.targets, ctx, request.snapshot, *target).await?;
+                return Ok(Finished { outcome, verified: true });
+            }
+            Some(RestoreDestination::Database { name, from, .. }) => {
+                let outcome = self.restore_database(ctx, request, name, from.as_deref()).await?;
+                return Ok(Finished { outcome, verified: false });
             }
             None => return Err(JobError::Permanent(format!("no restore was requested for job {}", ctx.job_id))),
         };
@@ -167,12 +183,62 @@ impl RestoreHandler {
                 verification.mismatches.join("; ")
             )));
         }
-        Ok(JobOutcome {
-            snapshot: Some(request.snapshot),
-            bytes_read: summary.bytes,
-            bytes_added: 0,
-            files: summary.files,
+        Ok(Finished {
+            outcome: JobOutcome {
+                snapshot: Some(request.snapshot),
+                bytes_read: summary.bytes,
+                bytes_added: 0,
+                files: summary.files,
+            },
+            verified: true,
         })
+    }
+
+    /// A PostgreSQL dump of the snapshot into a new database (see [`postgres`]).
+    async fn restore_database(
+        &self,
+        ctx: &JobContext,
+        request: &Restore,
+        name: &str,
+        from: Option<&str>,
+    ) -> Result<JobOutcome, JobError> {
+        let (snapshot, _) = ctx.store.load_state::<Snapshot>(ctx.tenant, request.snapshot.as_uuid()).await?;
+        let Some(commit) = snapshot.commit.filter(|_| !snapshot.forgotten) else {
+            return Err(JobError::Permanent(format!("snapshot {} does not exist or was forgotten", request.snapshot)));
+        };
+        let spec = self.targets.describe(ctx.tenant, commit.target).await?;
+        let progress = Arc::new(RestoreProgress::default());
+        let reading = progress.clone();
+        ctx.report_progress(move || ProgressReading {
+            bytes_done: reading.bytes_done.load(Ordering::Relaxed),
+            bytes_total: Some(reading.bytes_total.load(Ordering::Relaxed)),
+            files_done: 0,
+        });
+        let database = postgres::DatabaseRestore {
+            name: name.to_owned(),
+            from: from.map(str::to_owned),
+            marker: format!("arca restore job {}", ctx.job_id),
+            environment: Vec::new(),
+        };
+        let (cancel, cancel_watcher) = postgres::cancel_on(ctx);
+        let repo_snapshot = commit.repo_snapshot.clone();
+        let restored = tokio::task::spawn_blocking(move || {
+            let repo = spec.open()?;
+            let (_, snapshot) = repo.find_snapshot(&repo_snapshot)?;
+            postgres::restore_database(
+                &repo,
+                &snapshot,
+                &database,
+                &progress.bytes_total,
+                &progress.bytes_done,
+                &cancel,
+            )
+        })
+        .await;
+        cancel_watcher.abort();
+        let restored = restored.map_err(|e| JobError::Temporary(format!("the restore thread stopped: {e}")))??;
+        tracing::info!(job = %ctx.job_id, database = %restored.database, bytes = restored.bytes, "dump restored into a new database");
+        Ok(JobOutcome { snapshot: Some(request.snapshot), bytes_read: restored.bytes, bytes_added: 0, files: 1 })
     }
 }
 
@@ -186,14 +252,33 @@ impl JobHandler for RestoreHandler {
         if request.destination.is_none() {
             return Err(JobError::Permanent(format!("no restore was requested for job {}", ctx.job_id)));
         }
+        match request.status {
+            // An attempt after the restore was recorded (its job's end was not): report it again
+            // instead of doing it twice — a database restore would find its own database.
+            RestoreStatus::Succeeded => {
+                let outcome = request.outcome.unwrap_or(RestoreSucceeded { files: 0, bytes: 0, verified: false });
+                return Ok(JobOutcome {
+                    snapshot: Some(request.snapshot),
+                    bytes_read: outcome.bytes,
+                    bytes_added: 0,
+                    files: outcome.files,
+                });
+            }
+            RestoreStatus::Failed => {
+                return Err(JobError::Permanent(request.error.unwrap_or_else(|| "the restore failed".into())));
+            }
+            RestoreStatus::Missing | RestoreStatus::Requested => {}
+        }
         let result = self.restore(&ctx, &request).await;
         let command = match &result {
-            Ok(outcome) => RestoreCommand::Succeed { files: outcome.files, bytes: outcome.bytes_read, verified: true },
+            Ok(Finished { outcome, verified }) => {
+                RestoreCommand::Succeed { files: outcome.files, bytes: outcome.bytes_read, verified: *verified }
+            }
             Err(JobError::Permanent(error)) => RestoreCommand::Fail { error: error.clone() },
-            Err(JobError::Temporary(_)) => return result,
+            Err(JobError::Temporary(_)) => return result.map(|finished| finished.outcome),
         };
         match ctx.store.execute::<Restore>(ctx.tenant, ctx.job_id, &command, &ctx.meta).await {
-            Ok(_) | Err(ExecuteError::Domain(_)) => result,
+            Ok(_) | Err(ExecuteError::Domain(_)) => result.map(|finished| finished.outcome),
             Err(e) => Err(e.into()),
         }
     }

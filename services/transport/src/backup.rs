@@ -12,7 +12,7 @@ use arca_domain::snapshot::{Snapshot, SnapshotCommand};
 use arca_domain::source::Source;
 use arca_domain::{DomainError, TenantFacts};
 use arca_events::{BackupMode, JobKind, SourceKind};
-use arca_repo::{BackupOptions, BackupSource};
+use arca_repo::{BackupOptions, BackupSource, NamedCommand};
 use arca_worker::hooks::run_hook;
 use arca_worker::ids::snapshot_id;
 use arca_worker::runner::ProgressReading;
@@ -47,6 +47,23 @@ fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
+/// A libpq connection string naming only `database`: the rest (host, port, user, password
+/// file, service) comes from the worker's `PG*` environment. Given as a connection string so
+/// no database name is ever read as one.
+fn connection_string(database: &str) -> String {
+    format!("dbname='{}'", database.replace('\\', r"\\").replace('\'', r"\'"))
+}
+
+/// The command that dumps `database`: pg_dump's custom format, which `pg_restore` restores
+/// whole or in part, taken in one repeatable-read transaction, so the dump is the database as
+/// it was at one moment while writes go on. Uncompressed (`--compress=0`): the repository
+/// compresses, and unchanged tables dedup against the previous dump. `--no-password` makes a
+/// missing password fail at once instead of waiting for a prompt; a failed pg_dump fails the
+/// backup and commits no snapshot.
+fn pg_dump(database: &str) -> String {
+    format!("pg_dump --no-password --format=custom --compress=0 --dbname={}", shell_quote(&connection_string(database)))
+}
+
 fn backup_source(source: &Source) -> Result<BackupSource, JobError> {
     match source.kind {
         Some(SourceKind::Files) => Ok(BackupSource::Paths(source.paths.iter().map(PathBuf::from).collect())),
@@ -54,14 +71,15 @@ fn backup_source(source: &Source) -> Result<BackupSource, JobError> {
             [image] => Ok(BackupSource::Image(PathBuf::from(image))),
             _ => Err(JobError::Permanent("an image source names exactly one image".into())),
         },
-        Some(SourceKind::Postgres) => match &source.paths[..] {
-            // Connection settings come from the worker's PG* environment.
-            [database] => Ok(BackupSource::Command {
-                name: format!("{database}.sql"),
-                command: format!("pg_dump --no-password --dbname={}", shell_quote(database)),
-            }),
-            _ => Err(JobError::Permanent("a PostgreSQL source is backed up one database per source".into())),
-        },
+        // One dump per database, one after another (each consistent in itself: pg_dump takes no
+        // snapshot across databases), all in one repository snapshot.
+        Some(SourceKind::Postgres) => Ok(BackupSource::Commands(
+            source
+                .paths
+                .iter()
+                .map(|database| NamedCommand { name: format!("{database}.pgdump"), command: pg_dump(database) })
+                .collect(),
+        )),
         None => Err(JobError::Permanent("the source does not exist".into())),
     }
 }
@@ -209,5 +227,33 @@ mod tests {
     fn quoting_survives_quotes() {
         assert_eq!(shell_quote("app"), "'app'");
         assert_eq!(shell_quote("o'brien"), r"'o'\''brien'");
+    }
+
+    #[test]
+    fn a_database_name_is_never_read_as_connection_settings() {
+        assert_eq!(connection_string("app"), "dbname='app'");
+        assert_eq!(connection_string("host=evil"), "dbname='host=evil'");
+        assert_eq!(connection_string(r"o'b\x"), r"dbname='o\'b\\x'");
+        // What the shell hands pg_dump is the connection string itself.
+        let command = pg_dump("o'b");
+        let argument = command.strip_prefix("pg_dump --no-password --format=custom --compress=0 --dbname=").unwrap();
+        let output = std::process::Command::new("sh").args(["-c", &format!("printf %s {argument}")]).output().unwrap();
+        assert_eq!(String::from_utf8(output.stdout).unwrap(), r"dbname='o\'b'");
+    }
+
+    #[test]
+    fn a_postgres_source_dumps_each_database_in_custom_format() {
+        let paths = vec!["app".to_owned(), "billing".to_owned()];
+        let source = Source { kind: Some(SourceKind::Postgres), paths, ..Source::default() };
+        match backup_source(&source) {
+            Ok(BackupSource::Commands(commands)) => assert_eq!(
+                commands,
+                [
+                    NamedCommand { name: "app.pgdump".into(), command: pg_dump("app") },
+                    NamedCommand { name: "billing.pgdump".into(), command: pg_dump("billing") },
+                ]
+            ),
+            _ => panic!("a PostgreSQL source is its databases' dumps"),
+        }
     }
 }
