@@ -87,6 +87,16 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| std::env::temp_dir().join(format!("arca-bench-recovery-{}", std::process::id())));
     fs::create_dir_all(&dir)?;
     eprintln!("working in {}; load average {}", dir.display(), load_average());
+    let result = run(&args, &dir);
+    if args.keep {
+        eprintln!("kept {}", dir.display());
+    } else {
+        fs::remove_dir_all(&dir).ok();
+    }
+    result
+}
+
+fn run(args: &Args, dir: &Path) -> anyhow::Result<()> {
     let image = dir.join("image/disk.img");
     let shape = generate_image(&image, args.image_mib, 1)?;
     eprintln!("image: {shape}");
@@ -94,7 +104,7 @@ fn main() -> anyhow::Result<()> {
 
     if args.only.iter().any(|p| p == "recovery") {
         let mark = CpuMark::now();
-        let recovery = instant_recovery(&dir, &image, args.runs)?;
+        let recovery = instant_recovery(dir, &image, args.runs)?;
         print_recovery(&recovery);
         println!("{}\n", mark.report());
     }
@@ -132,11 +142,6 @@ fn main() -> anyhow::Result<()> {
     }
     if !replicas.is_empty() {
         print_replicas(&replicas);
-    }
-    if args.keep {
-        eprintln!("kept {}", dir.display());
-    } else {
-        fs::remove_dir_all(&dir).ok();
     }
     Ok(())
 }
@@ -485,7 +490,7 @@ fn small_file_change(
     rng: &mut Rng,
     i: u64,
 ) -> anyhow::Result<(PathBuf, Vec<u8>)> {
-    let path = if i % 2 == 0 {
+    let path = if i.is_multiple_of(2) {
         let path = source.join(format!("d{:02}/new-{i:06}.txt", i % 20));
         files.push(path.clone());
         path
