@@ -13,7 +13,7 @@ TEST_FLAGS ?= --workspace
 # Only for the local demo repository of `make run`; use your own for real data.
 ARCA_PASSWORD ?= arca-dev-password
 
-.PHONY: run build test lint fmt bench bench-data bench-control-plane bench-services bench-api openapi
+.PHONY: run build test lint fmt bench bench-data bench-control-plane bench-services bench-api bench-recovery openapi
 
 # The platform on one machine: `arca server` starts its own nats-server (JetStream, store in
 # ./var/nats, port 4250), the catalog on SQLite (./var/catalog.db) and the scheduler. A demo
@@ -57,7 +57,7 @@ fmt:
 	cargo fmt --all
 
 # The benchmarks; each prints a Markdown table (copy the figures to BENCHMARKS.md).
-bench: bench-data bench-control-plane bench-services bench-api
+bench: bench-data bench-control-plane bench-services bench-api bench-recovery
 
 # The data path against restic (loadtests/bench.sh --help).
 bench-data:
@@ -75,6 +75,13 @@ bench-control-plane:
 bench-api:
 	infra/dev/ensure-tools.sh >/dev/null
 	cargo run --release -q -p arca-loadtests --bin bench-api -- $(BENCH_API_FLAGS)
+
+# Instant recovery and replication (issue 6): an NBD export of a 1 GiB image snapshot read by
+# qemu-io, nbdcopy and qemu-img against a full restore; replica lag of small files and of an
+# image changing 1 %/s against an incremental backup (`bench-recovery --help`; needs qemu-utils
+# and libnbd-bin).
+bench-recovery:
+	cargo run --release -q -p arca-loadtests --bin bench-recovery -- $(BENCH_RECOVERY_FLAGS)
 
 # The services against the engine CLI: first-backup throughput through `arca server`, schedule →
 # start latency of policies firing together, RSS idle and during a backup
