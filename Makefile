@@ -35,7 +35,9 @@ build:
 # Tests talk to real servers: one shared moto (S3) and Azurite for the whole run,
 # passed to every test process through ARCA_TEST_*_ENDPOINT; each test that
 # needs NATS starts its own nats-server (arca-testkit). Servers that were already
-# running before (someone else's `make test`) are left running.
+# running before (someone else's `make test`) are left running. The black-box tests
+# start every service binary, and `cargo test` builds only the binaries of packages with
+# integration tests of their own: build them all first.
 test:
 	infra/dev/ensure-tools.sh
 	already_running=0; \
@@ -43,6 +45,7 @@ test:
 	infra/dev/test-servers.sh start; \
 	[ $$already_running = 1 ] || trap 'infra/dev/test-servers.sh stop' EXIT; \
 	eval "$$(infra/dev/test-servers.sh env)"; \
+	cargo build --workspace --bins; \
 	if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run $(TEST_FLAGS) --no-fail-fast; \
 	else \
