@@ -192,6 +192,9 @@ pub fn copy_snapshots(
 ) -> Result<CopyReport> {
     let started = Instant::now();
     ensure_copy_compatible(source, destination)?;
+    // A shared lease on the source too: a prune there rewrites the index and repacks blobs
+    // while we read them (the copy waits and is retried, like a backup).
+    let _source_lease = Lease::acquire(source, false, "copy from")?;
     let progress = options.progress.clone().unwrap_or_default();
     let source_snapshots = source.snapshots()?;
     let mut selected: Vec<(String, Snapshot)> = resolve_snapshots(&source_snapshots, snapshot_ids)?
