@@ -26,13 +26,13 @@ use arca_bus::{Bus, BusConfig, BusError, ExecuteError};
 use arca_domain::export::{Export, ExportCommand, ExportStatus};
 use arca_domain::restore::{Restore, RestoreCommand, RestoreStatus};
 use arca_domain::snapshot::Snapshot;
-use arca_events::{JobKind, RestoreDestination, RestoreSucceeded};
+use arca_events::{JobKind, RestoreDestination, RestoreSucceeded, SnapshotId};
 use arca_repo::reader::{FileReader, image_node};
 use arca_repo::restore::{RestoreOptions, RestoreProgress, restore, verify_restore};
 use arca_worker::copy::copy_snapshot;
 use arca_worker::keys::ServerKey;
 use arca_worker::runner::{ProgressReading, run_worker};
-use arca_worker::{JobContext, JobError, JobHandler, JobOutcome, Targets, WorkerSettings};
+use arca_worker::{JobContext, JobError, JobHandler, JobOutcome, TargetSpec, Targets, WorkerSettings};
 use nbd::NbdServer;
 
 pub mod postgres;
@@ -153,21 +153,10 @@ impl RestoreHandler {
             }
             None => return Err(JobError::Permanent(format!("no restore was requested for job {}", ctx.job_id))),
         };
-        let (snapshot, _) = ctx.store.load_state::<Snapshot>(ctx.tenant, request.snapshot.as_uuid()).await?;
-        let Some(commit) = snapshot.commit.filter(|_| !snapshot.forgotten) else {
-            return Err(JobError::Permanent(format!("snapshot {} does not exist or was forgotten", request.snapshot)));
-        };
-        let spec = self.targets.describe(ctx.tenant, commit.target).await?;
-        let progress = Arc::new(RestoreProgress::default());
-        let reading = progress.clone();
-        ctx.report_progress(move || ProgressReading {
-            bytes_done: reading.bytes_done.load(Ordering::Relaxed),
-            bytes_total: Some(reading.bytes_total.load(Ordering::Relaxed)),
-            files_done: 0,
-        });
+        let (spec, repo_snapshot) = committed(ctx, &self.targets, request.snapshot).await?;
+        let progress = restore_progress(ctx);
         let options = RestoreOptions { include: request.paths.clone(), progress: Some(progress) };
         let destination = PathBuf::from(path);
-        let repo_snapshot = commit.repo_snapshot.clone();
         let (summary, verification) = tokio::task::spawn_blocking(move || {
             let repo = spec.open()?;
             let (_, snapshot) = repo.find_snapshot(&repo_snapshot)?;
@@ -202,18 +191,8 @@ impl RestoreHandler {
         name: &str,
         from: Option<&str>,
     ) -> Result<JobOutcome, JobError> {
-        let (snapshot, _) = ctx.store.load_state::<Snapshot>(ctx.tenant, request.snapshot.as_uuid()).await?;
-        let Some(commit) = snapshot.commit.filter(|_| !snapshot.forgotten) else {
-            return Err(JobError::Permanent(format!("snapshot {} does not exist or was forgotten", request.snapshot)));
-        };
-        let spec = self.targets.describe(ctx.tenant, commit.target).await?;
-        let progress = Arc::new(RestoreProgress::default());
-        let reading = progress.clone();
-        ctx.report_progress(move || ProgressReading {
-            bytes_done: reading.bytes_done.load(Ordering::Relaxed),
-            bytes_total: Some(reading.bytes_total.load(Ordering::Relaxed)),
-            files_done: 0,
-        });
+        let (spec, repo_snapshot) = committed(ctx, &self.targets, request.snapshot).await?;
+        let progress = restore_progress(ctx);
         let database = postgres::DatabaseRestore {
             name: name.to_owned(),
             from: from.map(str::to_owned),
@@ -221,7 +200,6 @@ impl RestoreHandler {
             environment: Vec::new(),
         };
         let (cancel, cancel_watcher) = postgres::cancel_on(ctx);
-        let repo_snapshot = commit.repo_snapshot.clone();
         let restored = tokio::task::spawn_blocking(move || {
             let repo = spec.open()?;
             let (_, snapshot) = repo.find_snapshot(&repo_snapshot)?;
@@ -284,6 +262,27 @@ impl JobHandler for RestoreHandler {
     }
 }
 
+/// A committed, not forgotten snapshot's target and its id in the repository there.
+async fn committed(ctx: &JobContext, targets: &Targets, id: SnapshotId) -> Result<(TargetSpec, String), JobError> {
+    let (snapshot, _) = ctx.store.load_state::<Snapshot>(ctx.tenant, id.as_uuid()).await?;
+    let Some(commit) = snapshot.commit.filter(|_| !snapshot.forgotten) else {
+        return Err(JobError::Permanent(format!("snapshot {id} does not exist or was forgotten")));
+    };
+    Ok((targets.describe(ctx.tenant, commit.target).await?, commit.repo_snapshot))
+}
+
+/// Restore counters the job's live progress reads.
+fn restore_progress(ctx: &JobContext) -> Arc<RestoreProgress> {
+    let progress = Arc::new(RestoreProgress::default());
+    let reading = progress.clone();
+    ctx.report_progress(move || ProgressReading {
+        bytes_done: reading.bytes_done.load(Ordering::Relaxed),
+        bytes_total: Some(reading.bytes_total.load(Ordering::Relaxed)),
+        files_done: 0,
+    });
+    progress
+}
+
 /// The future, or one that never completes.
 async fn futures_or_pending<F: std::future::Future<Output = Result<(), BusError>>>(
     future: Option<F>,
@@ -308,12 +307,7 @@ impl ExportHandler {
         let mut name_hash = [0u8; 32];
         hex::decode_to_slice(&export.name_hash, &mut name_hash)
             .map_err(|_| JobError::Permanent("the export's name hash is not 64 hex digits".into()))?;
-        let (snapshot, _) = ctx.store.load_state::<Snapshot>(ctx.tenant, export.snapshot.as_uuid()).await?;
-        let Some(commit) = snapshot.commit.filter(|_| !snapshot.forgotten) else {
-            return Err(JobError::Permanent(format!("snapshot {} does not exist or was forgotten", export.snapshot)));
-        };
-        let spec = self.targets.describe(ctx.tenant, commit.target).await?;
-        let repo_snapshot = commit.repo_snapshot.clone();
+        let (spec, repo_snapshot) = committed(ctx, &self.targets, export.snapshot).await?;
         let reader = tokio::task::spawn_blocking(move || {
             let repo = spec.open()?;
             let (_, snapshot) = repo.find_snapshot(&repo_snapshot)?;

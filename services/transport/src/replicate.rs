@@ -211,6 +211,30 @@ impl JobHandler for ReplicateHandler {
     }
 }
 
+/// A replica's lag as metrics: how far behind it is now, and the lag each change had when
+/// it became durable.
+struct LagMetrics {
+    current: metrics::Gauge,
+    durable: metrics::Histogram,
+}
+
+impl LagMetrics {
+    fn new(replica: ReplicaId) -> LagMetrics {
+        LagMetrics {
+            current: metrics::gauge!("arca_replica_lag_seconds", "replica" => replica.to_string()),
+            durable: metrics::histogram!("arca_replica_lag", "replica" => replica.to_string()),
+        }
+    }
+
+    fn now(&self, lag: Duration) {
+        self.current.set(lag.as_secs_f64());
+    }
+
+    fn made_durable(&self, lag: Duration) {
+        self.durable.record(lag.as_secs_f64());
+    }
+}
+
 /// The follow loop of one replica (blocking).
 fn follow_source(
     ctx: &JobContext,
@@ -225,8 +249,7 @@ fn follow_source(
     let repo = targets.local_repository(ctx.tenant, &layout.points).map_err(repo_error)?;
     let mirror = Mirror::new(&work.source, &layout.live);
     let point_every = Duration::from_secs((work.replica.rpo_seconds / 2).clamp(1, 300));
-    let lag_gauge = metrics::gauge!("arca_replica_lag_seconds", "replica" => work.id.to_string());
-    let lag_histogram = metrics::histogram!("arca_replica_lag", "replica" => work.id.to_string());
+    let lag = LagMetrics::new(work.id);
     let mut last_point: Option<Instant> = None;
     let mut dirty = false;
     let mut settled_since = Instant::now();
@@ -243,12 +266,12 @@ fn follow_source(
             outcome.bytes_added += pass.stats.bytes_written;
             outcome.files += pass.stats.files;
         }
-        if let Some(lag) = pass.lag() {
-            lag_gauge.set(lag.as_secs_f64());
-            lag_histogram.record(lag.as_secs_f64());
-            worst_lag = worst_lag.max(lag);
+        if let Some(carried) = pass.lag() {
+            lag.now(carried);
+            lag.made_durable(carried);
+            worst_lag = worst_lag.max(carried);
         } else if !pass.stats.changed() {
-            lag_gauge.set(0.0);
+            lag.now(Duration::ZERO);
         }
         // A point once changes settle (a quiet debounce), never more often than every half RPO.
         let due = last_point.is_none_or(|at| at.elapsed() >= point_every);
@@ -317,8 +340,7 @@ fn follow_into_target(
 ) -> Result<JobOutcome, JobError> {
     let repo = spec.open().map_err(repo_error)?;
     let point_every = Duration::from_secs((work.replica.rpo_seconds / 2).clamp(1, 300));
-    let lag_gauge = metrics::gauge!("arca_replica_lag_seconds", "replica" => work.id.to_string());
-    let lag_histogram = metrics::histogram!("arca_replica_lag", "replica" => work.id.to_string());
+    let lag = LagMetrics::new(work.id);
     let changes = Changes { source: work.source.clone() };
     let mut oldest: Option<SystemTime> = None;
     let mut last_point: Option<Instant> = None;
@@ -331,16 +353,15 @@ fn follow_into_target(
             settled_since = Instant::now();
         }
         let Some(since) = oldest else { return !stop.load(Ordering::Relaxed) };
-        let lag = SystemTime::now().duration_since(since).unwrap_or_default();
-        lag_gauge.set(lag.as_secs_f64());
+        lag.now(SystemTime::now().duration_since(since).unwrap_or_default());
         let due = last_point.is_none_or(|at| at.elapsed() >= point_every);
         if due && (settled_since.elapsed() >= settings.debounce || pass.full) {
             match target_point(ctx, spec, &repo, work, since, runtime) {
-                Ok((bytes_read, bytes_added, lag)) => {
+                Ok((bytes_read, bytes_added, carried)) => {
                     outcome.bytes_read += bytes_read;
                     outcome.bytes_added += bytes_added;
-                    lag_histogram.record(lag.as_secs_f64());
-                    lag_gauge.set(0.0);
+                    lag.made_durable(carried);
+                    lag.now(Duration::ZERO);
                     last_point = Some(Instant::now());
                     oldest = None;
                 }
