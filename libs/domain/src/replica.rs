@@ -38,6 +38,9 @@ pub struct Replica {
     pub failed_over_to: Option<String>,
     /// How many times it was failed back: each time a new job follows the source.
     pub failbacks: u32,
+    /// Its lag went over the RPO (an alert was raised) and no point in time has been within
+    /// the RPO since: one alert per episode.
+    pub lagging: bool,
 }
 
 impl Replica {
@@ -50,6 +53,12 @@ impl Replica {
         self.failed_over_to.is_some()
     }
 
+    /// The alert for a lag over the RPO, unless one was raised for this episode already.
+    fn lag_alert(&self, lag_ms: u64) -> Option<Event> {
+        (lag_ms > self.rpo_seconds.saturating_mul(1000) && !self.lagging)
+            .then(|| ReplicaLagExceeded { lag_ms, rpo_seconds: self.rpo_seconds }.into())
+    }
+
     fn state_name(&self) -> &'static str {
         if self.is_failed_over() { "failed over" } else { "replicating" }
     }
@@ -57,9 +66,26 @@ impl Replica {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReplicaCommand {
-    Create { name: String, source: SourceId, destination: ReplicaDestination, rpo_seconds: u64, keep_points: u32 },
-    RecordPoint { point: String, at: DateTime<Utc>, lag_ms: u64 },
-    FailOver { point: String },
+    Create {
+        name: String,
+        source: SourceId,
+        destination: ReplicaDestination,
+        rpo_seconds: u64,
+        keep_points: u32,
+    },
+    RecordPoint {
+        point: String,
+        at: DateTime<Utc>,
+        lag_ms: u64,
+    },
+    /// The follower's lag right now, reported while it is over the RPO (a pass taking longer
+    /// than the RPO allows records no point until it ends).
+    ReportLag {
+        lag_ms: u64,
+    },
+    FailOver {
+        point: String,
+    },
     FailBack,
     Delete,
 }
@@ -69,6 +95,7 @@ impl ReplicaCommand {
         match self {
             ReplicaCommand::Create { .. } => "create",
             ReplicaCommand::RecordPoint { .. } => "record a point",
+            ReplicaCommand::ReportLag { .. } => "report its lag",
             ReplicaCommand::FailOver { .. } => "fail over",
             ReplicaCommand::FailBack => "fail back",
             ReplicaCommand::Delete => "delete",
@@ -115,11 +142,12 @@ impl Aggregate for Replica {
                     return Ok(vec![]);
                 }
                 let mut events = vec![ReplicaPointRecorded { point: point.clone(), at: *at, lag_ms: *lag_ms }.into()];
-                if *lag_ms > self.rpo_seconds.saturating_mul(1000) {
-                    events.push(ReplicaLagExceeded { lag_ms: *lag_ms, rpo_seconds: self.rpo_seconds }.into());
-                }
+                events.extend(self.lag_alert(*lag_ms));
                 Ok(events)
             }
+            // A follower still finishing its pass while a failover begins: nothing to alert.
+            ReplicaCommand::ReportLag { .. } if self.is_failed_over() => Ok(vec![]),
+            ReplicaCommand::ReportLag { lag_ms } => Ok(self.lag_alert(*lag_ms).into_iter().collect()),
             ReplicaCommand::FailOver { .. } if self.is_failed_over() => illegal(),
             ReplicaCommand::FailOver { point } => {
                 if !matches!(self.destination, Some(ReplicaDestination::Directory { .. })) {
@@ -149,7 +177,11 @@ impl Aggregate for Replica {
                 self.rpo_seconds = e.rpo_seconds;
                 self.keep_points = e.keep_points;
             }
+            Event::ReplicaLagExceeded(_) => self.lagging = true,
             Event::ReplicaPointRecorded(e) => {
+                if e.lag_ms <= self.rpo_seconds.saturating_mul(1000) {
+                    self.lagging = false;
+                }
                 self.points.push_back(ReplicaPoint { point: e.point.clone(), at: e.at, lag_ms: e.lag_ms });
                 let keep = usize::try_from(self.keep_points).unwrap_or(usize::MAX);
                 while self.points.len() > keep {
@@ -239,6 +271,33 @@ mod tests {
                 ReplicaPointRecorded { point: "p1".into(), at: T0, lag_ms: 60_001 }.into(),
                 ReplicaLagExceeded { lag_ms: 60_001, rpo_seconds: 60 }.into(),
             ]);
+    }
+
+    #[test]
+    fn a_lag_over_the_rpo_alerts_once_until_a_point_is_within_it_again() {
+        let exceeded = |lag_ms| -> Event { ReplicaLagExceeded { lag_ms, rpo_seconds: 60 }.into() };
+        AggregateTest::<Replica>::given(vec![in_folder()])
+            .when(ReplicaCommand::ReportLag { lag_ms: 60_000 })
+            .then_expect_events(vec![]);
+        AggregateTest::<Replica>::given(vec![in_folder()])
+            .when(ReplicaCommand::ReportLag { lag_ms: 61_000 })
+            .then_expect_events(vec![exceeded(61_000)]);
+        AggregateTest::<Replica>::given(vec![in_folder(), exceeded(61_000)])
+            .when(ReplicaCommand::ReportLag { lag_ms: 90_000 })
+            .then_expect_events(vec![]);
+        AggregateTest::<Replica>::given(vec![in_folder(), exceeded(61_000)])
+            .when(ReplicaCommand::RecordPoint { point: "p1".into(), at: T0, lag_ms: 95_000 })
+            .then_expect_events(vec![ReplicaPointRecorded { point: "p1".into(), at: T0, lag_ms: 95_000 }.into()]);
+        AggregateTest::<Replica>::given(vec![in_folder(), exceeded(61_000), recorded("p1")])
+            .when(ReplicaCommand::ReportLag { lag_ms: 61_000 })
+            .then_expect_events(vec![exceeded(61_000)]);
+        AggregateTest::<Replica>::given(vec![
+            in_folder(),
+            recorded("p1"),
+            ReplicaFailedOver { point: "p1".into() }.into(),
+        ])
+        .when(ReplicaCommand::ReportLag { lag_ms: 61_000 })
+        .then_expect_events(vec![]);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use notify::event::{AccessKind, AccessMode};
@@ -28,8 +28,8 @@ pub struct FollowSettings {
 impl Default for FollowSettings {
     fn default() -> Self {
         FollowSettings {
-            debounce: Duration::from_millis(50),
-            max_batch_wait: Duration::from_millis(500),
+            debounce: Duration::from_millis(20),
+            max_batch_wait: Duration::from_millis(50),
             rescan_every: Duration::from_secs(300),
         }
     }
@@ -49,6 +49,33 @@ impl Pass {
     /// How long the oldest change it carried waited to become durable in the mirror.
     pub fn lag(&self) -> Option<Duration> {
         self.stats.oldest_change.map(|changed| self.finished.duration_since(changed).unwrap_or_default())
+    }
+}
+
+/// How far behind its source a follower is right now, readable from another thread while a
+/// pass runs (a watchdog raising an alert when a pass takes longer than the RPO allows).
+#[derive(Debug, Default)]
+pub struct Behind {
+    since: Mutex<Option<SystemTime>>,
+}
+
+impl Behind {
+    /// How long the oldest change not yet in the mirror has waited; zero when in step.
+    pub fn lag(&self) -> Duration {
+        self.since
+            .lock()
+            .expect("lag state")
+            .map_or(Duration::ZERO, |since| SystemTime::now().duration_since(since).unwrap_or_default())
+    }
+
+    /// A change at `at` is waiting (the oldest one counts).
+    pub fn changed_at(&self, at: SystemTime) {
+        self.since.lock().expect("lag state").get_or_insert(at);
+    }
+
+    /// Everything noted so far is durable.
+    pub fn in_step(&self) {
+        *self.since.lock().expect("lag state") = None;
     }
 }
 
@@ -88,11 +115,14 @@ impl Replicator for Mirror {
 /// Follows `mirror`'s source until `stop` is set or `on_pass` returns `false`. `on_pass` is
 /// called after the first full sync, after every pass, after every rescan, and at least every
 /// [`IDLE_TICK`] while nothing happens (with an empty pass), so the caller can act on time
-/// (record a recovery point once changes have settled). Blocking: run it on a thread of its own.
+/// (record a recovery point once changes have settled). `behind` tells how long notified
+/// changes have waited (not counting the first sync and rescans, which bring no news).
+/// Blocking: run it on a thread of its own.
 pub fn follow(
     mirror: &dyn Replicator,
     settings: &FollowSettings,
     stop: &AtomicBool,
+    behind: &Behind,
     mut on_pass: impl FnMut(&Pass) -> bool,
 ) -> io::Result<()> {
     let (sender, events) = mpsc::channel::<notify::Result<notify::Event>>();
@@ -123,6 +153,7 @@ pub fn follow(
         match events.recv_timeout(wait) {
             Ok(first) => {
                 let started = Instant::now();
+                behind.changed_at(SystemTime::now());
                 let mut add = |event: notify::Result<notify::Event>| match event {
                     Ok(event) if event.need_rescan() => full = true,
                     // Opening or reading a file changes nothing; our own reads of the source
@@ -135,8 +166,8 @@ pub fn follow(
                     }
                 };
                 add(first);
-                while started.elapsed() < settings.max_batch_wait {
-                    match events.recv_timeout(settings.debounce) {
+                while let Some(left) = settings.max_batch_wait.checked_sub(started.elapsed()) {
+                    match events.recv_timeout(settings.debounce.min(left)) {
                         Ok(event) => add(event),
                         Err(mpsc::RecvTimeoutError::Timeout) => break,
                         Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -145,6 +176,7 @@ pub fn follow(
                     }
                 }
                 if paths.is_empty() && !full {
+                    behind.in_step();
                     continue;
                 }
             }
@@ -161,7 +193,9 @@ pub fn follow(
         if full {
             next_rescan = Instant::now() + settings.rescan_every;
         }
-        if !on_pass(&pass(full, &paths)?) {
+        let done = pass(full, &paths)?;
+        behind.in_step();
+        if !on_pass(&done) {
             break;
         }
     }
@@ -186,7 +220,9 @@ mod tests {
             let (source, dest, stop) = (source.clone(), dest.clone(), stop.clone());
             std::thread::spawn(move || {
                 let mirror = Mirror::new(source, dest);
-                follow(&mirror, &FollowSettings::default(), &stop, |pass| passes.send(pass.clone()).is_ok())
+                follow(&mirror, &FollowSettings::default(), &stop, &Behind::default(), |pass| {
+                    passes.send(pass.clone()).is_ok()
+                })
             })
         };
         let first = passed.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -216,6 +252,56 @@ mod tests {
         follower.join().unwrap().unwrap();
     }
 
+    /// A replicator whose passes over notified paths take as long as the test wants.
+    struct Slow {
+        source: PathBuf,
+        release: Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl Replicator for Slow {
+        fn source(&self) -> &Path {
+            &self.source
+        }
+
+        fn sync_all(&self) -> io::Result<SyncStats> {
+            Ok(SyncStats::default())
+        }
+
+        fn sync_paths(&self, _: &mut dyn Iterator<Item = &Path>) -> io::Result<SyncStats> {
+            self.release.lock().unwrap().recv().ok();
+            Ok(SyncStats { files: 1, ..SyncStats::default() })
+        }
+    }
+
+    #[test]
+    fn how_far_behind_grows_while_a_pass_runs_and_is_zero_once_in_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let (release, released) = mpsc::channel();
+        let slow = Slow { source: dir.path().to_path_buf(), release: Mutex::new(released) };
+        let (stop, behind) = (AtomicBool::new(false), Behind::default());
+        let (passes, passed) = mpsc::channel();
+        std::thread::scope(|scope| {
+            let (slow, stop, behind) = (&slow, &stop, &behind);
+            let follower = scope.spawn(move || {
+                follow(slow, &FollowSettings::default(), stop, behind, |pass| passes.send(pass.stats.changed()).is_ok())
+            });
+            assert!(!passed.recv_timeout(Duration::from_secs(10)).unwrap(), "the first sync");
+            assert_eq!(behind.lag(), Duration::ZERO, "the first sync brings no news");
+            std::fs::write(dir.path().join("new.txt"), b"new").unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while behind.lag() < Duration::from_millis(300) {
+                assert!(Instant::now() < deadline, "the lag never grew");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            release.send(()).unwrap();
+            while !passed.recv_timeout(Duration::from_secs(10)).unwrap() {}
+            assert_eq!(behind.lag(), Duration::ZERO, "in step after the pass");
+            stop.store(true, Ordering::Relaxed);
+            drop(release);
+            follower.join().unwrap().unwrap();
+        });
+    }
+
     #[test]
     fn an_image_that_stopped_changing_is_not_synced_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -228,7 +314,9 @@ mod tests {
             let (source, dest, stop) = (source.clone(), dest.clone(), stop.clone());
             std::thread::spawn(move || {
                 let mirror = Mirror::new(source, dest);
-                follow(&mirror, &FollowSettings::default(), &stop, |pass| passes.send(pass.clone()).is_ok())
+                follow(&mirror, &FollowSettings::default(), &stop, &Behind::default(), |pass| {
+                    passes.send(pass.clone()).is_ok()
+                })
             })
         };
         assert!(passed.recv_timeout(Duration::from_secs(10)).unwrap().full);

@@ -6,5 +6,5 @@
 pub mod follow;
 pub mod mirror;
 
-pub use follow::{FollowSettings, Pass, Replicator, follow};
+pub use follow::{Behind, FollowSettings, Pass, Replicator, follow};
 pub use mirror::{Mirror, SyncStats};

@@ -8,7 +8,8 @@
 //! the mirror never shows half a new file; changed files are patched in place and synced. A
 //! change counts as durable once the sync that carried it returns.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
@@ -18,6 +19,9 @@ use std::time::SystemTime;
 
 /// The unit of change detection and of writes.
 pub const BLOCK: usize = 1 << 20;
+
+/// Threads copying the files of one pass.
+const WORKERS: usize = 8;
 
 /// Prefix of files being written; never part of a finished mirror.
 const TEMPORARY: &str = ".arca-mirror-";
@@ -106,10 +110,19 @@ fn under(root: &Path, rel: &Path) -> PathBuf {
     if rel.as_os_str().is_empty() { root.to_path_buf() } else { root.join(rel) }
 }
 
+/// The folder holding `path` (whose entry a rename or removal changes).
+fn parent_of(path: &Path) -> PathBuf {
+    path.parent().unwrap_or(Path::new("/")).to_path_buf()
+}
+
 fn remove_any(path: &Path) -> io::Result<bool> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path).map(|()| true),
-        Ok(_) => fs::remove_file(path).map(|()| true),
+    let removed = match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match removed {
+        Ok(()) => Ok(true),
         Err(e) if not_found(&e) => Ok(false),
         Err(e) => Err(e),
     }
@@ -131,20 +144,7 @@ impl Mirror {
     /// Makes the whole mirror equal to the source: a full walk of both. The source may be a
     /// single file (a disk image): then `dest` is a file too.
     pub fn sync_all(&self) -> io::Result<SyncStats> {
-        self.sync_root(false)
-    }
-
-    fn sync_root(&self, force: bool) -> io::Result<SyncStats> {
-        let meta = fs::symlink_metadata(&self.source)?;
-        if meta.is_dir() {
-            fs::create_dir_all(&self.dest)?;
-            self.sync_tree(Path::new(""))
-        } else {
-            if let Some(parent) = self.dest.parent() {
-                fs::create_dir_all(parent)?;
-            }
-            self.sync_entry(Path::new(""), &meta, force)
-        }
+        self.in_parallel(|walk| walk.root(false))
     }
 
     /// Brings these source paths (anything under the source: files, folders, paths that no
@@ -154,107 +154,111 @@ impl Mirror {
             paths.into_iter().filter_map(|path| path.strip_prefix(&self.source).ok().map(Path::to_path_buf)).collect();
         relative.sort();
         relative.dedup();
-        // A folder's subtree covers the paths below it.
-        let mut covered: Vec<PathBuf> = Vec::new();
-        let mut stats = SyncStats::default();
-        for rel in relative {
-            if covered.iter().any(|folder| rel.starts_with(folder)) {
-                continue;
-            }
-            if rel.as_os_str().is_empty() {
-                return self.sync_root(true);
-            }
-            if rel.file_name().is_some_and(|n| n.to_string_lossy().starts_with(TEMPORARY)) {
-                continue;
-            }
-            let meta = match fs::symlink_metadata(self.source.join(&rel)) {
-                Ok(meta) => meta,
-                Err(e) if not_found(&e) => {
-                    if remove_any(&self.dest.join(&rel))? {
-                        stats.removed += 1;
-                        stats.oldest_change.get_or_insert_with(SystemTime::now);
-                    }
-                    self.forget(&rel);
-                    covered.push(rel);
+        if relative.iter().any(|rel| rel.as_os_str().is_empty()) {
+            return self.in_parallel(|walk| walk.root(true));
+        }
+        self.in_parallel(|walk| {
+            // A folder's subtree covers the paths below it.
+            let mut covered: Vec<PathBuf> = Vec::new();
+            for rel in relative {
+                if covered.iter().any(|folder| rel.starts_with(folder))
+                    || rel.file_name().is_some_and(|n| n.to_string_lossy().starts_with(TEMPORARY))
+                {
                     continue;
                 }
-                Err(e) => return Err(e),
-            };
-            if let Some(parent) = rel.parent() {
-                fs::create_dir_all(self.dest.join(parent))?;
+                let meta = match fs::symlink_metadata(self.source.join(&rel)) {
+                    Ok(meta) => meta,
+                    Err(e) if not_found(&e) => {
+                        walk.remove(&rel)?;
+                        covered.push(rel);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                if let Some(parent) = rel.parent() {
+                    walk.folder(parent)?;
+                }
+                if meta.is_dir() {
+                    walk.tree(&rel)?;
+                    covered.push(rel);
+                } else {
+                    // Reported as changed: compare it even if its size and mtime look the same
+                    // (a second write within the file system's timestamp granularity).
+                    walk.file(rel, meta, true)?;
+                }
             }
-            if meta.is_dir() {
-                stats.add(self.sync_tree(&rel)?);
-                covered.push(rel);
-            } else {
-                // Reported as changed: compare it even if its size and mtime look the same (a
-                // second write within the file system's timestamp granularity).
-                stats.add(self.sync_entry(&rel, &meta, true)?);
-            }
-        }
-        Ok(stats)
+            Ok(())
+        })
     }
 
     fn forget(&self, rel: &Path) {
         self.known.lock().expect("mirror state").retain(|path, _| !path.starts_with(rel));
     }
 
-    /// Syncs the folder `rel` (empty: the root) and everything below it, removing what the
-    /// source no longer has.
-    fn sync_tree(&self, rel: &Path) -> io::Result<SyncStats> {
-        let mut stats = SyncStats::default();
-        let source_dir = self.source.join(rel);
-        let dest_dir = self.dest.join(rel);
-        let source_meta = fs::symlink_metadata(&source_dir)?;
-        match fs::symlink_metadata(&dest_dir) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => {
-                fs::remove_file(&dest_dir)?;
-                fs::create_dir(&dest_dir)?;
+    /// Runs a walk whose file copies go to [`WORKERS`] threads, then makes the pass durable:
+    /// folders get their mode and mtime once every file in them was written (writing into a
+    /// folder moves its mtime), deepest first, and every folder that gained or lost a name is
+    /// synced so the renames survive a crash. Most of a small file's cost is the `fsync` that
+    /// makes it durable; run side by side, those share the disk's flushes.
+    fn in_parallel(&self, walking: impl FnOnce(&mut Walk<'_>) -> io::Result<()>) -> io::Result<SyncStats> {
+        let renamed = Mutex::new(BTreeSet::new());
+        let (jobs, queue) = crossbeam_channel::bounded::<FileJob>(WORKERS * 4);
+        let (stats, folders) = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..WORKERS)
+                .map(|_| {
+                    let (queue, renamed) = (queue.clone(), &renamed);
+                    scope.spawn(move || -> io::Result<SyncStats> {
+                        let mut stats = SyncStats::default();
+                        for (rel, meta, force) in queue {
+                            stats.add(self.sync_entry(&rel, &meta, force, renamed)?);
+                        }
+                        Ok(stats)
+                    })
+                })
+                .collect();
+            drop(queue);
+            let mut walk =
+                Walk { mirror: self, jobs, stats: SyncStats::default(), folders: Vec::new(), renamed: &renamed };
+            let walked = walking(&mut walk);
+            let Walk { jobs, mut stats, folders, .. } = walk;
+            drop(jobs);
+            let mut failed = None;
+            for worker in workers {
+                match worker.join().expect("a mirror worker panicked") {
+                    Ok(done) => stats.add(done),
+                    Err(e) => failed = failed.or(Some(e)),
+                }
             }
-            Err(e) if not_found(&e) => fs::create_dir_all(&dest_dir)?,
-            Err(e) => return Err(e),
+            // A worker's error first: the walk only saw that the workers had stopped.
+            match (failed, walked) {
+                (Some(e), _) | (None, Err(e)) => Err(e),
+                (None, Ok(())) => Ok((stats, folders)),
+            }
+        })?;
+        for (rel, meta) in folders.iter().rev() {
+            let dest_dir = self.dest.join(rel);
+            fs::set_permissions(&dest_dir, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+            filetime::set_file_mtime(&dest_dir, filetime::FileTime::from_last_modification_time(meta))?;
         }
-        let mut present = HashSet::new();
-        let entries = match fs::read_dir(&source_dir) {
-            Ok(entries) => entries,
-            // Removed while we looked: the next event or rescan removes it here.
-            Err(e) if not_found(&e) => return Ok(stats),
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let name = entry.file_name();
-            let child = rel.join(&name);
-            let meta = match entry.metadata() {
-                Ok(meta) => meta,
-                Err(e) if not_found(&e) => continue,
+        for folder in renamed.into_inner().expect("mirror state") {
+            match File::open(&folder) {
+                Ok(folder) => folder.sync_all()?,
+                Err(e) if not_found(&e) => {}
                 Err(e) => return Err(e),
-            };
-            present.insert(name);
-            if meta.is_dir() {
-                stats.add(self.sync_tree(&child)?);
-            } else {
-                stats.add(self.sync_entry(&child, &meta, false)?);
             }
         }
-        for entry in fs::read_dir(&dest_dir)? {
-            let entry = entry?;
-            if !present.contains(&entry.file_name()) {
-                remove_any(&entry.path())?;
-                self.forget(&rel.join(entry.file_name()));
-                stats.removed += 1;
-                stats.oldest_change.get_or_insert_with(SystemTime::now);
-            }
-        }
-        fs::set_permissions(&dest_dir, fs::Permissions::from_mode(source_meta.mode() & 0o7777))?;
-        filetime::set_file_mtime(&dest_dir, filetime::FileTime::from_last_modification_time(&source_meta))?;
         Ok(stats)
     }
 
     /// Syncs one non-folder entry; unless `force`, a file whose size, mtime and mode match
     /// the mirror's is taken as unchanged without reading it.
-    fn sync_entry(&self, rel: &Path, meta: &fs::Metadata, force: bool) -> io::Result<SyncStats> {
+    fn sync_entry(
+        &self,
+        rel: &Path,
+        meta: &fs::Metadata,
+        force: bool,
+        renamed: &Mutex<BTreeSet<PathBuf>>,
+    ) -> io::Result<SyncStats> {
         let dest = under(&self.dest, rel);
         if meta.file_type().is_symlink() {
             let target = match fs::read_link(under(&self.source, rel)) {
@@ -267,24 +271,32 @@ impl Mirror {
             }
             remove_any(&dest)?;
             std::os::unix::fs::symlink(&target, &dest)?;
+            renamed.lock().expect("mirror state").insert(parent_of(&dest));
             return Ok(SyncStats { files: 1, oldest_change: Some(system_time(meta)), ..SyncStats::default() });
         }
         if !meta.is_file() {
             // Sockets, fifos and devices are not mirrored.
             return Ok(SyncStats::default());
         }
-        match self.sync_file(rel, meta, force) {
+        match self.sync_file(rel, meta, force, renamed) {
             Err(e) if not_found(&e) => Ok(SyncStats::default()),
             other => other,
         }
     }
 
-    fn sync_file(&self, rel: &Path, meta: &fs::Metadata, force: bool) -> io::Result<SyncStats> {
+    fn sync_file(
+        &self,
+        rel: &Path,
+        meta: &fs::Metadata,
+        force: bool,
+        renamed: &Mutex<BTreeSet<PathBuf>>,
+    ) -> io::Result<SyncStats> {
         let dest = under(&self.dest, rel);
         let dest_meta = match fs::symlink_metadata(&dest) {
             Ok(m) if m.is_file() => Some(m),
             Ok(_) => {
                 remove_any(&dest)?;
+                renamed.lock().expect("mirror state").insert(parent_of(&dest));
                 None
             }
             Err(e) if not_found(&e) => None,
@@ -338,7 +350,9 @@ impl Mirror {
                 }
                 _ => false,
             };
-            if !same {
+            // A new file stays sparse: its zero blocks are holes `set_len` leaves.
+            let hole = dest_meta.is_none() && block.iter().all(|&b| b == 0);
+            if !same && !hole {
                 file.write_all_at(block, offset)?;
                 stats.bytes_written += read as u64;
             }
@@ -353,6 +367,7 @@ impl Mirror {
         drop(file);
         if let Some(temporary) = temporary {
             fs::rename(&temporary, &dest)?;
+            renamed.lock().expect("mirror state").insert(parent_of(&dest));
         }
         // The source may have changed while we read it: remember what we wrote only if not.
         let after = fs::metadata(under(&self.source, rel))?;
@@ -363,6 +378,124 @@ impl Mirror {
             known.remove(rel);
         }
         Ok(stats)
+    }
+}
+
+/// One file to bring over: its path below the source, its metadata, whether to compare it
+/// even when size and mtime match.
+type FileJob = (PathBuf, fs::Metadata, bool);
+
+/// The walking side of a pass: reads folders, removes what the source lacks, and hands files
+/// to the workers.
+struct Walk<'a> {
+    mirror: &'a Mirror,
+    jobs: crossbeam_channel::Sender<FileJob>,
+    stats: SyncStats,
+    /// Folders walked, parents first, with their source metadata.
+    folders: Vec<(PathBuf, fs::Metadata)>,
+    /// Mirror folders that gained or lost a name.
+    renamed: &'a Mutex<BTreeSet<PathBuf>>,
+}
+
+impl Walk<'_> {
+    fn root(&mut self, force: bool) -> io::Result<()> {
+        let mirror = self.mirror;
+        let meta = fs::symlink_metadata(&mirror.source)?;
+        if meta.is_dir() {
+            fs::create_dir_all(&mirror.dest)?;
+            self.tree(Path::new(""))
+        } else {
+            if let Some(parent) = mirror.dest.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            self.file(PathBuf::new(), meta, force)
+        }
+    }
+
+    /// Makes sure the mirror has the folder `rel` (and the folders above it).
+    fn folder(&mut self, rel: &Path) -> io::Result<()> {
+        let dest = self.mirror.dest.join(rel);
+        if dest.is_dir() {
+            return Ok(());
+        }
+        fs::create_dir_all(&dest)?;
+        let mut renamed = self.renamed.lock().expect("mirror state");
+        for created in dest.ancestors().skip(1).take(rel.components().count()) {
+            renamed.insert(created.to_path_buf());
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, rel: PathBuf, meta: fs::Metadata, force: bool) -> io::Result<()> {
+        self.jobs.send((rel, meta, force)).map_err(|_| io::Error::other("the mirror's workers stopped"))
+    }
+
+    /// Removes `rel` from the mirror (the source no longer has it).
+    fn remove(&mut self, rel: &Path) -> io::Result<()> {
+        let dest = self.mirror.dest.join(rel);
+        if remove_any(&dest)? {
+            self.stats.removed += 1;
+            self.stats.oldest_change.get_or_insert_with(SystemTime::now);
+            self.renamed.lock().expect("mirror state").insert(parent_of(&dest));
+        }
+        self.mirror.forget(rel);
+        Ok(())
+    }
+
+    /// The folder `rel` (empty: the root) and everything below it, removing what the source
+    /// no longer has.
+    fn tree(&mut self, rel: &Path) -> io::Result<()> {
+        let mirror = self.mirror;
+        let source_dir = mirror.source.join(rel);
+        let dest_dir = mirror.dest.join(rel);
+        let source_meta = fs::symlink_metadata(&source_dir)?;
+        match fs::symlink_metadata(&dest_dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                fs::remove_file(&dest_dir)?;
+                fs::create_dir(&dest_dir)?;
+                self.renamed.lock().expect("mirror state").insert(parent_of(&dest_dir));
+            }
+            Err(e) if not_found(&e) => {
+                fs::create_dir_all(&dest_dir)?;
+                self.renamed.lock().expect("mirror state").insert(parent_of(&dest_dir));
+            }
+            Err(e) => return Err(e),
+        }
+        let entries = match fs::read_dir(&source_dir) {
+            Ok(entries) => entries,
+            // Removed while we looked: the next event or rescan removes it here.
+            Err(e) if not_found(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.folders.push((rel.to_path_buf(), source_meta));
+        let mut children = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            match entry.metadata() {
+                Ok(meta) => children.push((entry.file_name(), meta)),
+                Err(e) if not_found(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        // What the source lacks goes first, stray temporaries of an interrupted pass included:
+        // once files are handed out, workers write temporaries of their own here.
+        let present: HashSet<&OsStr> = children.iter().map(|(name, _)| name.as_os_str()).collect();
+        for entry in fs::read_dir(&dest_dir)? {
+            let name = entry?.file_name();
+            if !present.contains(name.as_os_str()) {
+                self.remove(&rel.join(name))?;
+            }
+        }
+        for (name, meta) in children {
+            let child = rel.join(name);
+            if meta.is_dir() {
+                self.tree(&child)?;
+            } else {
+                self.file(child, meta, false)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -430,6 +563,35 @@ mod tests {
     }
 
     #[test]
+    fn many_files_copied_side_by_side_leave_every_folder_with_its_source_mode_and_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, dest) = (dir.path().join("src"), dir.path().join("dst"));
+        let mut folders = vec![source.clone()];
+        for folder in 0..12 {
+            let path = source.join(format!("f{folder}/inner{}", folder % 3));
+            for file in 0..40 {
+                write(&path.join(format!("{file}.txt")), &noise(100 + file * 37, (folder * 100 + file) as u64));
+            }
+            folders.extend([path.clone(), path.parent().unwrap().to_path_buf()]);
+        }
+        fs::set_permissions(source.join("f3"), fs::Permissions::from_mode(0o750)).unwrap();
+        let old = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+        for folder in &folders {
+            filetime::set_file_mtime(folder, old).unwrap();
+        }
+        let mirror = Mirror::new(&source, &dest);
+        assert_eq!(mirror.sync_all().unwrap().files, 12 * 40);
+        assert_same(&source, &dest);
+        for folder in &folders {
+            let (a, b) = (
+                fs::metadata(folder).unwrap(),
+                fs::metadata(dest.join(folder.strip_prefix(&source).unwrap())).unwrap(),
+            );
+            assert_eq!((mtime_of(&a), a.mode()), (mtime_of(&b), b.mode()), "{}", folder.display());
+        }
+    }
+
+    #[test]
     fn a_changed_block_is_the_only_thing_written() {
         let dir = tempfile::tempdir().unwrap();
         let (source, dest) = (dir.path().join("src"), dir.path().join("dst"));
@@ -467,7 +629,13 @@ mod tests {
         fs::write(&source, &image).unwrap();
         let stats = mirror.sync_paths([source.as_path()]).unwrap();
         assert_eq!(stats.bytes_written, BLOCK as u64, "{stats:?}");
-        assert!(fs::read(&dest).unwrap() == image);
+        assert!(fs::read(&dest).unwrap() == image); // Zero blocks of a new copy are holes, not writes.
+        image[BLOCK..3 * BLOCK].fill(0);
+        fs::write(&source, &image).unwrap();
+        let fresh = dir.path().join("fresh/disk.img");
+        assert_eq!(Mirror::new(&source, &fresh).sync_all().unwrap().bytes_written, 2 * BLOCK as u64);
+        assert!(fs::read(&fresh).unwrap() == image);
+        assert!(fs::metadata(&fresh).unwrap().blocks() * 512 <= 2 * BLOCK as u64 + 64 * 1024, "sparse");
     }
 
     #[test]

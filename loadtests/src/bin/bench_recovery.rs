@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use arca_recovery::nbd::{NbdServer, name_hash};
-use arca_replica::{FollowSettings, Mirror, Pass, follow};
+use arca_replica::{Behind, FollowSettings, Mirror, Pass, follow};
 use arca_repo::backup::{BackupOptions, BackupSource, IMAGE_BLOCK, backup};
 use arca_repo::reader::{FileReader, image_node};
 use arca_repo::restore::{RestoreOptions, restore};
@@ -61,6 +61,10 @@ struct Args {
     /// Small files created or rewritten per second.
     #[arg(long, default_value_t = 100)]
     files_per_second: u64,
+    /// Files in the small-files source before the stream starts (100 a folder). An
+    /// incremental backup walks them all; the replica touches only what changed.
+    #[arg(long, default_value_t = 50_000)]
+    tree_files: usize,
     /// Share of the image rewritten per second, in percent.
     #[arg(long, default_value_t = 1.0)]
     image_change_percent: f64,
@@ -111,10 +115,13 @@ fn run(args: &Args, dir: &Path) -> anyhow::Result<()> {
     let mut replicas = Vec::new();
     if args.only.iter().any(|p| p == "files") {
         let mark = CpuMark::now();
-        let lag = small_files_lag(&dir.join("files"), args.files_per_second, args.seconds)?;
+        let lag = small_files_lag(&dir.join("files"), args.tree_files, args.files_per_second, args.seconds)?;
         let backups = small_files_backups(&dir.join("files"), args.files_per_second, args.runs)?;
         replicas.push(Replica {
-            name: format!("small files, {} changes/s for {} s", args.files_per_second, args.seconds),
+            name: format!(
+                "{} small files, {} changes/s for {} s",
+                args.tree_files, args.files_per_second, args.seconds
+            ),
             target: Duration::from_secs(1),
             lag,
             backups,
@@ -383,7 +390,7 @@ fn measure_lag(
         let started = Instant::now();
         let follower = scope.spawn(|| {
             let mut first = Some(first_pass);
-            follow(&mirror, &FollowSettings::default(), &stop, |pass| {
+            follow(&mirror, &FollowSettings::default(), &stop, &Behind::default(), |pass| {
                 if let Some(first) = first.take() {
                     let _ = first.send(());
                 } else if pass.stats.changed() {
@@ -459,10 +466,10 @@ fn poll_until_seen(pending: mpsc::Receiver<Pending>) -> (Vec<Duration>, usize, u
     }
 }
 
-/// A tree of small files: 20 folders of 100 files each, 512 B to 16 KiB.
-fn small_files_tree(source: &Path, rng: &mut Rng) -> anyhow::Result<Vec<PathBuf>> {
+/// A tree of `count` small files, 100 a folder, 512 B to 16 KiB.
+fn small_files_tree(source: &Path, count: usize, rng: &mut Rng) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    for folder in 0..20 {
+    for folder in 0..count.div_ceil(100) {
         fs::create_dir_all(source.join(format!("d{folder:02}")))?;
         for file in 0..100 {
             let path = source.join(format!("d{folder:02}/f{file:04}.txt"));
@@ -502,10 +509,10 @@ fn small_file_change(
     Ok((path, content))
 }
 
-fn small_files_lag(dir: &Path, rate: u64, seconds: u64) -> anyhow::Result<Lag> {
+fn small_files_lag(dir: &Path, tree_files: usize, rate: u64, seconds: u64) -> anyhow::Result<Lag> {
     let (source, dest) = (dir.join("src"), dir.join("dst"));
     let mut rng = Rng::new(11);
-    let mut files = small_files_tree(&source, &mut rng)?;
+    let mut files = small_files_tree(&source, tree_files, &mut rng)?;
     let lag = measure_lag(&source, &dest, |changes| {
         let total = rate * seconds;
         let started = Instant::now();

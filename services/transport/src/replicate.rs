@@ -6,9 +6,10 @@
 //! A replica kept in a folder `D` holds the live copy in `D/live` (for an image source,
 //! `D/live/<image name>`) and its recovery points as snapshots of the live copy in a
 //! repository at `D/points` (deduplicated, so a point costs only what changed). A point is
-//! recorded once changes have settled and at most every half RPO (1 s to 5 min), with the worst
-//! lag seen since the last one; the domain raises `ReplicaLagExceeded` when that lag is over
-//! the RPO. The live lag is a metric, `arca_replica_lag_seconds{replica}`.
+//! recorded once changes have settled (or have waited half the RPO) and at most every half RPO
+//! (1 s to 5 min), with the worst lag seen since the last one. A watcher beside the follower
+//! keeps the live lag metric, `arca_replica_lag_seconds{replica}`, and reports a lag over the
+//! RPO while it happens; the domain raises `ReplicaLagExceeded` once per time over the RPO.
 //!
 //! Failover (its own job) stops the follower and makes a kept point the live copy: the point
 //! is restored beside `D/live` and swapped in. Failback copies the live copy, with whatever
@@ -31,7 +32,7 @@ use arca_domain::snapshot::{Snapshot, SnapshotCommand};
 use arca_domain::source::Source;
 use arca_domain::{DomainError, Lifecycle};
 use arca_events::{JobKind, ReplicaDestination, ReplicaId, SourceKind, TargetId, Trigger};
-use arca_replica::{FollowSettings, Mirror, Replicator, SyncStats, follow};
+use arca_replica::{Behind, FollowSettings, Mirror, Replicator, SyncStats, follow};
 use arca_repo::restore::{RestoreOptions, restore};
 use arca_repo::{BackupOptions, BackupSource, Repository};
 use arca_worker::ids::{follow_up_job_id, replicate_job_id, snapshot_id};
@@ -198,15 +199,19 @@ impl JobHandler for ReplicateHandler {
             }
             Destination::Folder(_) => None,
         };
+        let behind = Arc::new(Watched::default());
+        let rpo = Duration::from_secs(work.replica.rpo_seconds);
+        let watcher = tokio::spawn(watch_lag(ctx.clone(), work.id, rpo, behind.clone()));
         let follower = {
             let (ctx, stop) = (ctx.clone(), stop.clone());
             tokio::task::spawn_blocking(move || match spec {
-                Some(spec) => follow_into_target(&ctx, &spec, &settings, &work, &stop, &runtime),
-                None => follow_source(&ctx, &targets, &settings, &work, &stop, &runtime),
+                Some(spec) => follow_into_target(&ctx, &spec, &settings, &work, &stop, &behind, &runtime),
+                None => follow_source(&ctx, &targets, &settings, &work, &stop, &behind, &runtime),
             })
         };
         let result = follower.await.map_err(|e| JobError::Temporary(format!("the replica thread stopped: {e}")))?;
         stopper.abort();
+        watcher.abort();
         result
     }
 }
@@ -235,6 +240,54 @@ impl LagMetrics {
     }
 }
 
+/// How far behind a follower is, seen from outside its loop: changes notified and not yet in
+/// the live copy, and (for a replica on a target) changes not yet in a recovery point.
+#[derive(Default)]
+struct Watched {
+    passes: Behind,
+    unsaved: Behind,
+}
+
+impl Watched {
+    fn lag(&self) -> Duration {
+        self.passes.lag().max(self.unsaved.lag())
+    }
+}
+
+/// How often the watcher looks at a follower's lag.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// Whether a lag seen now raises the alert: once when it goes over the RPO, again only after
+/// it came back within it.
+fn lag_alert(lag: Duration, rpo: Duration, alerted: &mut bool) -> bool {
+    let over = lag > rpo;
+    let raise = over && !*alerted;
+    *alerted = over;
+    raise
+}
+
+/// Watches a follower while it runs: the live lag metric, and the lag alert as soon as the
+/// lag is over the RPO — a pass (or a point) that runs long raises it while it runs, not
+/// when it ends.
+async fn watch_lag(ctx: JobContext, replica: ReplicaId, rpo: Duration, behind: Arc<Watched>) {
+    let metrics = LagMetrics::new(replica);
+    let mut alerted = false;
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    loop {
+        tick.tick().await;
+        let lag = behind.lag();
+        if lag > Duration::ZERO {
+            metrics.now(lag);
+        }
+        if lag_alert(lag, rpo, &mut alerted) {
+            let command = ReplicaCommand::ReportLag { lag_ms: lag.as_millis() as u64 };
+            if let Err(e) = ctx.store.execute::<Replica>(ctx.tenant, replica, &command, &ctx.meta).await {
+                tracing::warn!(%replica, error = %e, "could not raise the replica's lag alert");
+            }
+        }
+    }
+}
+
 /// The follow loop of one replica (blocking).
 fn follow_source(
     ctx: &JobContext,
@@ -242,6 +295,7 @@ fn follow_source(
     settings: &FollowSettings,
     work: &Replicated,
     stop: &AtomicBool,
+    behind: &Watched,
     runtime: &tokio::runtime::Handle,
 ) -> Result<JobOutcome, JobError> {
     let layout = layout(work.folder()?, &work.source);
@@ -251,16 +305,17 @@ fn follow_source(
     let point_every = Duration::from_secs((work.replica.rpo_seconds / 2).clamp(1, 300));
     let lag = LagMetrics::new(work.id);
     let mut last_point: Option<Instant> = None;
-    let mut dirty = false;
+    // Since when the live copy has changes no point holds.
+    let mut dirty: Option<Instant> = None;
     let mut settled_since = Instant::now();
     let mut worst_lag = Duration::ZERO;
     // Points dropped since the last prune.
     let mut dropped = 0;
     let mut outcome = JobOutcome::default();
     let mut failure = None;
-    let followed = follow(&mirror, settings, stop, |pass| {
+    let followed = follow(&mirror, settings, stop, &behind.passes, |pass| {
         if pass.full || pass.stats.changed() {
-            dirty = true;
+            dirty.get_or_insert_with(Instant::now);
             settled_since = Instant::now();
             outcome.bytes_read += pass.stats.bytes_read;
             outcome.bytes_added += pass.stats.bytes_written;
@@ -273,13 +328,15 @@ fn follow_source(
         } else if !pass.stats.changed() {
             lag.now(Duration::ZERO);
         }
-        // A point once changes settle (a quiet debounce), never more often than every half RPO.
+        // A point once changes settle (a quiet debounce) or have waited half the RPO (a source
+        // that never stops changing), never more often than every half RPO.
         let due = last_point.is_none_or(|at| at.elapsed() >= point_every);
-        if dirty && due && (settled_since.elapsed() >= settings.debounce || pass.full) {
+        let settled = settled_since.elapsed() >= settings.debounce || pass.full;
+        if dirty.is_some_and(|since| settled || since.elapsed() >= point_every) && due {
             match record_point(ctx, &repo, work, &layout.live, worst_lag, runtime, &mut dropped) {
                 Ok(()) => {
                     last_point = Some(Instant::now());
-                    dirty = false;
+                    dirty = None;
                     worst_lag = Duration::ZERO;
                 }
                 Err(e) => {
@@ -336,6 +393,7 @@ fn follow_into_target(
     settings: &FollowSettings,
     work: &Replicated,
     stop: &AtomicBool,
+    behind: &Watched,
     runtime: &tokio::runtime::Handle,
 ) -> Result<JobOutcome, JobError> {
     let repo = spec.open().map_err(repo_error)?;
@@ -347,21 +405,25 @@ fn follow_into_target(
     let mut settled_since = Instant::now();
     let mut outcome = JobOutcome::default();
     let mut failure = None;
-    let followed = follow(&changes, settings, stop, |pass| {
+    let followed = follow(&changes, settings, stop, &behind.passes, |pass| {
         if let Some(changed) = pass.stats.oldest_change {
             oldest = Some(oldest.map_or(changed, |o| o.min(changed)));
+            behind.unsaved.changed_at(changed);
             settled_since = Instant::now();
         }
         let Some(since) = oldest else { return !stop.load(Ordering::Relaxed) };
-        lag.now(SystemTime::now().duration_since(since).unwrap_or_default());
+        let waited = SystemTime::now().duration_since(since).unwrap_or_default();
+        lag.now(waited);
+        // As for a folder replica: once settled or after half the RPO, at most every half RPO.
         let due = last_point.is_none_or(|at| at.elapsed() >= point_every);
-        if due && (settled_since.elapsed() >= settings.debounce || pass.full) {
+        if due && (settled_since.elapsed() >= settings.debounce || pass.full || waited >= point_every) {
             match target_point(ctx, spec, &repo, work, since, runtime) {
                 Ok((bytes_read, bytes_added, carried)) => {
                     outcome.bytes_read += bytes_read;
                     outcome.bytes_added += bytes_added;
                     lag.made_durable(carried);
                     lag.now(Duration::ZERO);
+                    behind.unsaved.in_step();
                     last_point = Some(Instant::now());
                     oldest = None;
                 }
@@ -615,5 +677,21 @@ impl JobHandler for FailbackHandler {
             bytes_added: stats.bytes_written,
             files: stats.files,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lag_alert_is_raised_once_per_time_over_the_rpo() {
+        let rpo = Duration::from_secs(60);
+        let mut alerted = false;
+        let seen: Vec<bool> = [10, 61, 90, 120, 30, 0, 61, 75]
+            .into_iter()
+            .map(|seconds| lag_alert(Duration::from_secs(seconds), rpo, &mut alerted))
+            .collect();
+        assert_eq!(seen, [false, true, false, false, false, false, true, false]);
     }
 }

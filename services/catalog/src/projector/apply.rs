@@ -403,7 +403,9 @@ impl Tables {
                     row.last_point = Some(p.point.clone());
                     row.last_point_at = Some(p.at);
                     row.lag_ms = Some(int(p.lag_ms));
-                    row.lag_exceeded_at = None;
+                    if row.rpo_seconds.saturating_mul(1000) >= int(p.lag_ms) {
+                        row.lag_exceeded_at = None;
+                    }
                     row.points_recorded += 1;
                 }
             }
