@@ -105,6 +105,9 @@ pub enum SourceCommandArgs {
         /// Command run after the backup, whatever happened
         #[arg(long)]
         post_hook: Option<String>,
+        /// Leave out what matches (repeatable), as `arca backup --exclude`
+        #[arg(long, value_name = "PATTERN")]
+        exclude: Vec<String>,
     },
 }
 
@@ -323,7 +326,7 @@ pub fn target(connection: Connection, command: TargetCommandArgs, json: bool) ->
 }
 
 pub fn source(connection: Connection, command: SourceCommandArgs, json: bool) -> Result<u8> {
-    let SourceCommandArgs::Add { tenant, name, paths, kind, host, site, pre_hook, post_hook } = command;
+    let SourceCommandArgs::Add { tenant, name, paths, kind, host, site, pre_hook, post_hook, exclude } = command;
     let kind = match kind {
         KindArg::Files => SourceKind::Files,
         KindArg::Image => SourceKind::Image,
@@ -332,7 +335,7 @@ pub fn source(connection: Connection, command: SourceCommandArgs, json: bool) ->
     runtime()?.block_on(async {
         let store = connect(&connection).await?;
         let id = SourceId::new();
-        let command = SourceCommand::Add { name, kind, host, paths, excludes: vec![], site, pre_hook, post_hook };
+        let command = SourceCommand::Add { name, kind, host, paths, excludes: exclude, site, pre_hook, post_hook };
         store.execute::<Source>(tenant.tenant, id, &command, &Metadata::new_root()).await?;
         print_id(json, "source", id);
         Ok(0)

@@ -296,6 +296,10 @@ struct BackupArgs {
     /// Use this snapshot as the parent
     #[arg(long)]
     parent: Option<String>,
+    /// Leave out what matches (repeatable): `*.tmp` or `.git` match an entry's name anywhere,
+    /// a pattern with `/` the whole absolute path (`/home/*/.cache`, `**/node_modules`)
+    #[arg(long, value_name = "PATTERN")]
+    exclude: Vec<String>,
 }
 
 #[derive(Args)]
@@ -673,6 +677,7 @@ fn run_backup(g: &Global, args: BackupArgs) -> Result<u8> {
         parent: args.parent,
         time: None,
         progress: Some(progress.clone()),
+        excludes: args.exclude,
     };
     let reporter = progress::show_backup(g.json, g.quiet || !std::io::stderr().is_terminal(), progress);
     let outcome = backup(&repo, source, &options);

@@ -1,5 +1,6 @@
 //! File-tree, incremental, image and stream backups.
 
+use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -210,6 +211,63 @@ fn progress_is_reported_as_json_lines() {
     assert!(lines.len() >= 2, "{out}");
     assert!(lines[..lines.len() - 1].iter().all(|l| l["type"] == "progress" && l.get("bytes_per_second").is_some()));
     assert_eq!(lines.last().unwrap()["type"], "summary");
+}
+
+#[test]
+fn excluded_names_and_paths_are_left_out_with_everything_below_them() {
+    let env = Env::init(Backend::Fs);
+    let src = env.path("src");
+    for (path, data) in [
+        ("keep.txt", "keep"),
+        ("scratch.tmp", "tmp"),
+        ("app/node_modules/lib/index.js", "js"),
+        ("app/main.rs", "main"),
+        ("app/.cache/blob", "cache"),
+        ("docs/.cache/keep-me-not", "cache"),
+        ("docs/cache.txt", "a file called cache"),
+        ("docs/deep/old.tmp", "tmp"),
+    ] {
+        let path = src.join(path);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, data).unwrap();
+    }
+    let app_cache = format!("{}/app/.cache", src.display());
+    env.ok(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--exclude",
+        "*.tmp",
+        "--exclude",
+        "**/node_modules",
+        "--exclude",
+        &app_cache,
+        "--exclude",
+        "/nowhere/*/at-all",
+    ]);
+    let listed = env.ok(&["ls", "latest"]);
+    let mut names: Vec<&str> =
+        listed.lines().filter_map(|line| line.split_once("/src/").map(|(_, rel)| rel.trim())).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "app",
+            "app/main.rs",
+            "docs",
+            "docs/.cache",
+            "docs/.cache/keep-me-not",
+            "docs/cache.txt",
+            "docs/deep",
+            "keep.txt"
+        ],
+        "{listed}"
+    );
+
+    // A pattern that does not parse is refused before anything is stored.
+    let before = env.snapshot_ids();
+    let (_, err) = env.fails(&["backup", src.to_str().unwrap(), "--exclude", "app/[oops"]);
+    assert!(err.contains("bad exclude pattern `app/[oops`"), "{err}");
+    assert_eq!(env.snapshot_ids(), before);
 }
 
 #[test]

@@ -339,12 +339,15 @@ fn a_scheduled_backup_is_copied_offsite_verified_incremental_and_restores_from_t
     let offsite = arca_testkit::target(arca_testkit::Backend::S3);
     let tenant = platform.arca(&["tenant", "create", "acme"]);
     let offsite_id = add_s3_target(&platform, &tenant, &offsite, None);
+    // The source's excludes are applied: its scratch files are in no snapshot.
+    write(&source_dir.join("a/scratch.tmp"), b"left out");
+    write(&source_dir.join("b/.cache/blob"), b"left out too");
     let [target, _source, policy] = define_in(
         &platform,
         &tenant,
         &source_dir,
         &repo,
-        &["--pre-hook", &pre_hook, "--post-hook", &post_hook],
+        &["--pre-hook", &pre_hook, "--post-hook", &post_hook, "--exclude", "*.tmp", "--exclude", "**/b/.cache"],
         &["--every", "60", "--keep-last", "2", "--verify-every", "60", "--copy-to", &offsite_id],
     );
 
@@ -420,6 +423,15 @@ fn a_scheduled_backup_is_copied_offsite_verified_incremental_and_restores_from_t
         platform.arca(&["job", "restore", "--tenant", &tenant, "--snapshot", &copied_snapshot, "--to", &restore_to]);
     let restore = platform.wait_succeeded(&tenant, &job);
     assert_eq!(restore["files"], 3, "{restore}");
+    assert!(!restored.join(source_dir.strip_prefix("/").unwrap()).join("a/scratch.tmp").exists());
+    // Without the excluded entries (their folders keep their times), the trees are equal.
+    for (folder, excluded) in [("a", "a/scratch.tmp"), ("b", "b/.cache")] {
+        let folder = source_dir.join(folder);
+        let mtime = std::fs::metadata(&folder).unwrap().modified().unwrap();
+        let excluded = source_dir.join(excluded);
+        if excluded.is_dir() { std::fs::remove_dir_all(excluded) } else { std::fs::remove_file(excluded) }.unwrap();
+        std::fs::File::open(&folder).unwrap().set_modified(mtime).unwrap();
+    }
     assert_same_tree(&source_dir, &restored.join(source_dir.strip_prefix("/").unwrap()));
 
     // A third backup makes three snapshots; keep-last 2 forgets one, then prunes.

@@ -157,6 +157,7 @@ impl Definition<'_> {
         for exclude in self.excludes {
             validate::not_blank("excludes", exclude)?;
             validate::relative_free_path("excludes", exclude)?;
+            validate::glob("excludes", exclude)?;
         }
         if let Some(site) = self.site {
             validate::site("site", site)?;
@@ -302,6 +303,29 @@ mod tests {
             .when(add_files("web-1", Some("berlin_dc-2"), Some("/usr/bin/quiesce"), Some("/usr/bin/thaw")))
             .then_expect_ok();
         assert_eq!(state.site.as_deref(), Some("berlin_dc-2"));
+    }
+
+    #[test]
+    fn excludes_must_be_patterns_the_engine_can_use() {
+        let with = |excludes: &[&str]| match add(SourceKind::Files, &["/srv"]) {
+            SourceCommand::Add { name, kind, host, paths, site, pre_hook, post_hook, .. } => SourceCommand::Add {
+                name,
+                kind,
+                host,
+                paths,
+                excludes: excludes.iter().map(|e| e.to_string()).collect(),
+                site,
+                pre_hook,
+                post_hook,
+            },
+            _ => unreachable!(),
+        };
+        AggregateTest::<Source>::given(vec![])
+            .when(with(&["*.tmp", "**/node_modules", "/home/*/.cache"]))
+            .then_expect_ok();
+        for bad in ["cache/[oops", "a{b", " ", "../up"] {
+            AggregateTest::<Source>::given(vec![]).when(with(&[bad])).then_expect_invalid("excludes");
+        }
     }
 
     #[test]

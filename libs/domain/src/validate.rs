@@ -68,6 +68,16 @@ pub fn relative_free_path(field: &'static str, path: &str) -> Result<(), DomainE
     Ok(())
 }
 
+/// A glob the backup engine can compile (`*`, `**`, `?`, `[…]`, `{a,b}`).
+pub fn glob(field: &'static str, pattern: &str) -> Result<(), DomainError> {
+    globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map(drop)
+        .map_err(|e| DomainError::invalid(field, format!("`{pattern}` is not a valid pattern: {}", e.kind())))
+}
+
 /// The longest PostgreSQL identifier, in bytes (`NAMEDATALEN - 1`): longer names are cut.
 pub const MAX_DATABASE_NAME_BYTES: usize = 63;
 

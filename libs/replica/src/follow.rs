@@ -19,7 +19,9 @@ use crate::mirror::{Mirror, SyncStats};
 pub struct FollowSettings {
     /// After a notification, wait this long for more before syncing.
     pub debounce: Duration,
-    /// A pass never waits longer than this for a burst to end.
+    /// A pass never waits longer than this for a burst to end — nor shorter than the previous
+    /// pass took: so a large file that keeps changing (a disk image, a growing log), read
+    /// whole by every pass, is read at most about half the time.
     pub max_batch_wait: Duration,
     /// A full rescan at least this often.
     pub rescan_every: Duration,
@@ -28,8 +30,8 @@ pub struct FollowSettings {
 impl Default for FollowSettings {
     fn default() -> Self {
         FollowSettings {
-            debounce: Duration::from_millis(20),
-            max_batch_wait: Duration::from_millis(50),
+            debounce: Duration::from_millis(5),
+            max_batch_wait: Duration::from_millis(20),
             rescan_every: Duration::from_secs(300),
         }
     }
@@ -146,6 +148,7 @@ pub fn follow(
         return Ok(());
     }
     let mut next_rescan = Instant::now() + settings.rescan_every;
+    let mut last_pass = Duration::ZERO;
     while !stop.load(Ordering::Relaxed) {
         let wait = next_rescan.saturating_duration_since(Instant::now()).min(IDLE_TICK);
         let mut paths = BTreeSet::new();
@@ -166,9 +169,13 @@ pub fn follow(
                     }
                 };
                 add(first);
-                while let Some(left) = settings.max_batch_wait.checked_sub(started.elapsed()) {
-                    match events.recv_timeout(settings.debounce.min(left)) {
+                let window = settings.max_batch_wait.max(last_pass);
+                while let Some(left) = window.checked_sub(started.elapsed()) {
+                    let held = last_pass.saturating_sub(started.elapsed());
+                    let wait = if held.is_zero() { settings.debounce.min(left) } else { held };
+                    match events.recv_timeout(wait) {
                         Ok(event) => add(event),
+                        Err(mpsc::RecvTimeoutError::Timeout) if !held.is_zero() => {}
                         Err(mpsc::RecvTimeoutError::Timeout) => break,
                         Err(mpsc::RecvTimeoutError::Disconnected) => {
                             return Err(io::Error::other("the watcher stopped"));
@@ -193,7 +200,11 @@ pub fn follow(
         if full {
             next_rescan = Instant::now() + settings.rescan_every;
         }
+        let started = Instant::now();
         let done = pass(full, &paths)?;
+        if !full {
+            last_pass = started.elapsed();
+        }
         behind.in_step();
         if !on_pass(&done) {
             break;

@@ -68,6 +68,46 @@ pub struct BackupOptions {
     pub time: Option<chrono::DateTime<chrono::Utc>>,
     /// Live counters the caller can poll.
     pub progress: Option<Arc<Progress>>,
+    /// Entries left out, with everything below them: a pattern with a `/` is matched
+    /// against the whole absolute path (`/home/*/.cache`, `**/node_modules`), one without
+    /// against each entry's name (`*.tmp`, `.git`). `*` stays within one path segment, `**`
+    /// crosses them.
+    pub excludes: Vec<String>,
+}
+
+/// Compiled [`BackupOptions::excludes`].
+struct Excludes {
+    paths: globset::GlobSet,
+    names: globset::GlobSet,
+}
+
+impl Excludes {
+    fn new(patterns: &[String]) -> Result<Option<Excludes>> {
+        if patterns.is_empty() {
+            return Ok(None);
+        }
+        let (mut paths, mut names) = (globset::GlobSetBuilder::new(), globset::GlobSetBuilder::new());
+        for pattern in patterns {
+            let glob = globset::GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| Error::Refused(format!("bad exclude pattern `{pattern}`: {e}")))?;
+            if pattern.contains('/') {
+                paths.add(glob)
+            } else {
+                names.add(glob)
+            };
+        }
+        let build = |set: globset::GlobSetBuilder| {
+            set.build().map_err(|e| Error::Refused(format!("bad exclude patterns: {e}")))
+        };
+        Ok(Some(Excludes { paths: build(paths)?, names: build(names)? }))
+    }
+
+    fn matches(&self, path: &Path, name: &std::ffi::OsStr) -> bool {
+        self.names.is_match(name) || self.paths.is_match(path)
+    }
 }
 
 /// Counters updated while a backup runs.
@@ -110,6 +150,7 @@ pub struct BackupOutcome {
 /// Backs up `source` into `repo` and writes a snapshot.
 pub fn backup(repo: &Repository, source: BackupSource, options: &BackupOptions) -> Result<BackupOutcome> {
     let started = Instant::now();
+    let excludes = Excludes::new(&options.excludes)?;
     let _lease = Lease::acquire(repo, false, "backup")?;
     let index = Arc::new(repo.load_index()?);
     tracing::debug!(elapsed = ?started.elapsed(), blobs = index.blobs.len(), "index loaded");
@@ -163,7 +204,7 @@ pub fn backup(repo: &Repository, source: BackupSource, options: &BackupOptions) 
     };
     let tree = match source {
         BackupSource::Paths(_) | BackupSource::Image(_) => {
-            run.back_up_paths(&paths, parent_tree, kind == SourceKind::Image, threads)
+            run.back_up_paths(&paths, parent_tree, kind == SourceKind::Image, threads, excludes)
         }
         BackupSource::Stdin { name } => {
             run.back_up_stream(&name, std::io::stdin().lock()).and_then(|node| run.stream_tree(vec![node]))
@@ -336,6 +377,7 @@ struct Walk<'w> {
     hard_links: HashMap<(u64, u64), usize>,
     loader: TreeLoader<'w>,
     image: bool,
+    excludes: Option<Excludes>,
 }
 
 impl<'a> Run<'a> {
@@ -350,6 +392,7 @@ impl<'a> Run<'a> {
         parent: Option<Tree>,
         image: bool,
         threads: usize,
+        excludes: Option<Excludes>,
     ) -> Result<BlobId> {
         let readers = if image { 1 } else { threads.clamp(2, 4) };
         let (tx_jobs, rx_jobs) = bounded::<FileJob>(1024);
@@ -376,6 +419,7 @@ impl<'a> Run<'a> {
                 hard_links: HashMap::new(),
                 loader: TreeLoader::new(self.repo, self.index),
                 image,
+                excludes,
             };
             for path in paths {
                 self.add_path(&mut walk, path)?;
@@ -555,6 +599,9 @@ impl<'a> Run<'a> {
         for name in children {
             self.progress.check()?;
             let child = path.join(&name);
+            if walk.excludes.as_ref().is_some_and(|excludes| excludes.matches(&child, &name)) {
+                continue;
+            }
             match std::fs::symlink_metadata(&child) {
                 Ok(meta) => self.add_entry(walk, dir, &child, name.as_bytes(), meta)?,
                 Err(e) => {

@@ -12,7 +12,7 @@
 //!    `Mirror`, default `FollowSettings`): (a) small files created or rewritten at
 //!    `--files-per-second`, (b) `--image-change-percent` of a disk image rewritten in random
 //!    1 MiB blocks every second. Each change's lag is taken from the writer's side (written →
-//!    seen with its content in the mirror, polled every 10 ms) and each pass's `Pass::lag()`
+//!    seen with its content in the mirror, polled every 2 ms) and each pass's `Pass::lag()`
 //!    from the engine's;
 //! 3. an incremental `arca_repo::backup` of the same sources after one second's worth of the
 //!    same changes (previous snapshot as parent), against the replica's p99 lag.
@@ -43,7 +43,7 @@ const MIB: usize = 1 << 20;
 const PASSPHRASE: &[u8] = b"bench-recovery passphrase";
 const EXPORT_NAME: &str = "bench-recovery-export";
 /// How often the writer's side looks for its changes in the mirror.
-const POLL: Duration = Duration::from_millis(10);
+const POLL: Duration = Duration::from_millis(2);
 /// A change not seen this long after the writer stopped counts as never replicated.
 const GIVE_UP: Duration = Duration::from_secs(60);
 
@@ -71,6 +71,12 @@ struct Args {
     /// Seconds each change stream runs.
     #[arg(long, default_value_t = 30)]
     seconds: u64,
+    /// The follower's debounce in ms (default: `FollowSettings::default()`).
+    #[arg(long)]
+    debounce_ms: Option<u64>,
+    /// The follower's longest batch in ms (default: `FollowSettings::default()`).
+    #[arg(long)]
+    max_batch_ms: Option<u64>,
     /// Working folder (default: a fresh one in the temp dir, removed at the end).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -112,10 +118,18 @@ fn run(args: &Args, dir: &Path) -> anyhow::Result<()> {
         print_recovery(&recovery);
         println!("{}\n", mark.report());
     }
+    let mut settings = FollowSettings::default();
+    if let Some(ms) = args.debounce_ms {
+        settings.debounce = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.max_batch_ms {
+        settings.max_batch_wait = Duration::from_millis(ms);
+    }
+    eprintln!("follow settings: {settings:?}");
     let mut replicas = Vec::new();
     if args.only.iter().any(|p| p == "files") {
         let mark = CpuMark::now();
-        let lag = small_files_lag(&dir.join("files"), args.tree_files, args.files_per_second, args.seconds)?;
+        let lag = small_files_lag(&settings, &dir.join("files"), args.tree_files, args.files_per_second, args.seconds)?;
         let backups = small_files_backups(&dir.join("files"), args.files_per_second, args.runs)?;
         replicas.push(Replica {
             name: format!(
@@ -134,7 +148,7 @@ fn run(args: &Args, dir: &Path) -> anyhow::Result<()> {
         fs::create_dir_all(source.parent().expect("a folder"))?;
         fs::copy(&image, &source)?;
         let blocks = ((args.image_mib as f64 * args.image_change_percent / 100.0).round() as usize).max(1);
-        let lag = image_lag(&source, &dir.join("image-replica/dst/disk.img"), blocks, args.seconds)?;
+        let lag = image_lag(&settings, &source, &dir.join("image-replica/dst/disk.img"), blocks, args.seconds)?;
         let backups = image_backups(&dir.join("image-replica"), &source, blocks, args.runs)?;
         replicas.push(Replica {
             name: format!(
@@ -148,7 +162,7 @@ fn run(args: &Args, dir: &Path) -> anyhow::Result<()> {
         });
     }
     if !replicas.is_empty() {
-        print_replicas(&replicas);
+        print_replicas(&replicas, &settings);
     }
     Ok(())
 }
@@ -378,6 +392,7 @@ struct Pending {
 /// Follows `source` into `dest` with the replica engine while `write` makes its changes (it
 /// sends one [`Pending`] per change), measuring every change's lag.
 fn measure_lag(
+    settings: &FollowSettings,
     source: &Path,
     dest: &Path,
     write: impl FnOnce(&mpsc::Sender<Pending>) -> anyhow::Result<f64>,
@@ -390,7 +405,7 @@ fn measure_lag(
         let started = Instant::now();
         let follower = scope.spawn(|| {
             let mut first = Some(first_pass);
-            follow(&mirror, &FollowSettings::default(), &stop, &Behind::default(), |pass| {
+            follow(&mirror, settings, &stop, &Behind::default(), |pass| {
                 if let Some(first) = first.take() {
                     let _ = first.send(());
                 } else if pass.stats.changed() {
@@ -509,11 +524,17 @@ fn small_file_change(
     Ok((path, content))
 }
 
-fn small_files_lag(dir: &Path, tree_files: usize, rate: u64, seconds: u64) -> anyhow::Result<Lag> {
+fn small_files_lag(
+    settings: &FollowSettings,
+    dir: &Path,
+    tree_files: usize,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<Lag> {
     let (source, dest) = (dir.join("src"), dir.join("dst"));
     let mut rng = Rng::new(11);
     let mut files = small_files_tree(&source, tree_files, &mut rng)?;
-    let lag = measure_lag(&source, &dest, |changes| {
+    let lag = measure_lag(settings, &source, &dest, |changes| {
         let total = rate * seconds;
         let started = Instant::now();
         for i in 0..total {
@@ -589,9 +610,15 @@ fn rewrite_blocks(image: &File, rng: &mut Rng, round: u64, blocks: usize) -> any
     Ok(written)
 }
 
-fn image_lag(source: &Path, dest: &Path, blocks: usize, seconds: u64) -> anyhow::Result<Lag> {
+fn image_lag(
+    settings: &FollowSettings,
+    source: &Path,
+    dest: &Path,
+    blocks: usize,
+    seconds: u64,
+) -> anyhow::Result<Lag> {
     let mut rng = Rng::new(21);
-    let lag = measure_lag(source, dest, |changes| {
+    let lag = measure_lag(settings, source, dest, |changes| {
         let image = OpenOptions::new().write(true).open(source)?;
         let started = Instant::now();
         for round in 0..seconds {
@@ -653,9 +680,11 @@ struct Replica {
     load: String,
 }
 
-fn print_replicas(replicas: &[Replica]) {
+fn print_replicas(replicas: &[Replica], settings: &FollowSettings) {
     println!(
-        "Replication lag: `follow` + `Mirror` (default settings: 50 ms debounce, 500 ms longest batch), source and mirror on the local disk.\n"
+        "Replication lag: `follow` + `Mirror` ({} ms debounce, {} ms longest batch), source and mirror on the local disk.\n",
+        settings.debounce.as_millis(),
+        settings.max_batch_wait.as_millis()
     );
     println!(
         "| stream | changes (superseded / never seen) | achieved rate | writer's side: written → in the mirror, p50 / p99 / max | engine `Pass::lag()` p50 / p99 / max (passes) | files per pass | target p99 | met? |"

@@ -131,6 +131,7 @@ impl JobHandler for BackupHandler {
                 tags: vec![format!("source:{source_id}")],
                 hostname: Some(source.host.clone()),
                 progress: Some(progress.clone()),
+                excludes: source.excludes.clone(),
                 ..BackupOptions::default()
             };
             let spec = spec.clone();
