@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -90,11 +90,11 @@ fn not_found(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound
 }
 
-/// Reads until `buf` is full or the end; returns how much it read.
-fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads at `offset` until `buf` is full or the end; returns how much it read.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -311,10 +311,8 @@ impl Mirror {
         {
             return Ok(SyncStats::default());
         }
-        let mut source = File::open(under(&self.source, rel))?;
+        let source = File::open(under(&self.source, rel))?;
         let mut stats = SyncStats { files: 1, oldest_change: Some(system_time(meta)), ..SyncStats::default() };
-        let mut blocks = Vec::with_capacity(meta.len().div_ceil(BLOCK as u64) as usize);
-        let mut buf = vec![0u8; BLOCK];
         let (file, temporary) = match &dest_meta {
             Some(_) => (OpenOptions::new().read(true).write(true).open(&dest)?, None),
             None => {
@@ -331,33 +329,44 @@ impl Mirror {
                 .filter(|k| dest_meta.as_ref().is_some_and(|d| d.len() == k.size && mtime_of(d) == k.mtime))
                 .map(|k| k.blocks.clone())
         };
-        let mut theirs = vec![0u8; BLOCK];
+        let copy = Copy {
+            source: &source,
+            dest: &file,
+            known: known.as_deref(),
+            dest_len: dest_meta.as_ref().map(fs::Metadata::len),
+        };
+        // A large file is read and compared in parts side by side (a disk image: the read and
+        // the hashing are most of a pass).
+        let total = meta.len().div_ceil(BLOCK as u64);
+        let parts = if total >= PARALLEL_FROM { PARTS.min(total) } else { 1 };
+        let ranges: Vec<(u64, Option<u64>)> = (0..parts)
+            .map(|part| {
+                let (first, next) = (total * part / parts, total * (part + 1) / parts);
+                (first, (part + 1 < parts).then_some(next))
+            })
+            .collect();
+        let copied: Vec<io::Result<Copied>> = if parts == 1 {
+            vec![copy.blocks(0, None)]
+        } else {
+            std::thread::scope(|scope| {
+                let copy = &copy;
+                let workers: Vec<_> =
+                    ranges.iter().map(|&(first, last)| scope.spawn(move || copy.blocks(first, last))).collect();
+                workers.into_iter().map(|w| w.join().expect("a block copier panicked")).collect()
+            })
+        };
+        let mut blocks = Vec::with_capacity(total as usize);
         let mut offset = 0u64;
-        loop {
-            let read = read_full(&mut source, &mut buf)?;
-            if read == 0 {
+        for part in copied {
+            let part = part?;
+            stats.bytes_read += part.read;
+            stats.bytes_written += part.written;
+            blocks.extend(part.hashes);
+            offset = part.end;
+            // The file ended early (it shrank while we read it): later parts read nothing.
+            if part.short {
                 break;
             }
-            stats.bytes_read += read as u64;
-            let block = &buf[..read];
-            let hash = block_hash(block);
-            let index = blocks.len();
-            let same = match (&known, &dest_meta) {
-                (Some(known), _) => known.get(index) == Some(&hash),
-                (None, Some(d)) if offset < d.len() => {
-                    let have = file.read_at(&mut theirs[..read], offset)?;
-                    have == read && theirs[..read] == *block
-                }
-                _ => false,
-            };
-            // A new file stays sparse: its zero blocks are holes `set_len` leaves.
-            let hole = dest_meta.is_none() && block.iter().all(|&b| b == 0);
-            if !same && !hole {
-                file.write_all_at(block, offset)?;
-                stats.bytes_written += read as u64;
-            }
-            blocks.push(hash);
-            offset += read as u64;
         }
         file.set_len(offset)?;
         file.set_permissions(fs::Permissions::from_mode(mode))?;
@@ -378,6 +387,76 @@ impl Mirror {
             known.remove(rel);
         }
         Ok(stats)
+    }
+}
+
+/// Files of at least this many blocks are read in [`PARTS`] parts side by side.
+const PARALLEL_FROM: u64 = 16;
+const PARTS: u64 = 2;
+
+/// What a part of a file's copy did.
+struct Copied {
+    hashes: Vec<[u8; 16]>,
+    read: u64,
+    written: u64,
+    /// Where its reading stopped.
+    end: u64,
+    /// It reached the end of the file before the end of its part.
+    short: bool,
+}
+
+/// Copying one file's changed blocks.
+struct Copy<'a> {
+    source: &'a File,
+    dest: &'a File,
+    /// Hashes of what the mirror holds, if it holds what it last wrote.
+    known: Option<&'a [[u8; 16]]>,
+    /// The mirror's length, when it has the file (else it is new, and stays sparse).
+    dest_len: Option<u64>,
+}
+
+impl Copy<'_> {
+    /// Blocks `first..last` (to the end of the file when `last` is `None`): each is read,
+    /// hashed, compared with what the mirror holds and written only when it differs.
+    fn blocks(&self, first: u64, last: Option<u64>) -> io::Result<Copied> {
+        let mut buf = vec![0u8; BLOCK];
+        let mut theirs = vec![0u8; BLOCK];
+        let mut done = Copied { hashes: Vec::new(), read: 0, written: 0, end: first * BLOCK as u64, short: false };
+        let mut index = first;
+        while last.is_none_or(|last| index < last) {
+            let offset = index * BLOCK as u64;
+            let read = read_full_at(self.source, &mut buf, offset)?;
+            done.end = offset + read as u64;
+            if read < BLOCK {
+                done.short = last.is_some();
+            }
+            if read == 0 {
+                break;
+            }
+            done.read += read as u64;
+            let block = &buf[..read];
+            let hash = block_hash(block);
+            let same = match (self.known, self.dest_len) {
+                (Some(known), _) => known.get(index as usize) == Some(&hash),
+                (None, Some(len)) if offset < len => {
+                    let have = read_full_at(self.dest, &mut theirs[..read], offset)?;
+                    have == read && theirs[..read] == *block
+                }
+                _ => false,
+            };
+            // A new file stays sparse: its zero blocks are holes `set_len` leaves.
+            let hole = self.dest_len.is_none() && block.iter().all(|&b| b == 0);
+            if !same && !hole {
+                self.dest.write_all_at(block, offset)?;
+                done.written += read as u64;
+            }
+            done.hashes.push(hash);
+            if read < BLOCK {
+                break;
+            }
+            index += 1;
+        }
+        Ok(done)
     }
 }
 
@@ -595,7 +674,7 @@ mod tests {
     fn a_changed_block_is_the_only_thing_written() {
         let dir = tempfile::tempdir().unwrap();
         let (source, dest) = (dir.path().join("src"), dir.path().join("dst"));
-        let mut image = noise(16 * BLOCK, 3);
+        let mut image = noise(20 * BLOCK, 3);
         write(&source.join("disk.img"), &image);
         let mirror = Mirror::new(&source, &dest);
         mirror.sync_all().unwrap();
@@ -603,12 +682,12 @@ mod tests {
         fs::write(source.join("disk.img"), &image).unwrap();
         let stats = mirror.sync_paths([source.join("disk.img").as_path()]).unwrap();
         assert_eq!(stats.bytes_written, BLOCK as u64, "{stats:?}");
-        assert_eq!(stats.bytes_read, 16 * BLOCK as u64);
+        assert_eq!(stats.bytes_read, 20 * BLOCK as u64);
         assert_same(&source, &dest);
 
         // A new mirror (a restarted replica) compares against the mirror's bytes instead.
         image[9 * BLOCK] ^= 1;
-        image.truncate(12 * BLOCK + 5);
+        image.truncate(17 * BLOCK + 5);
         fs::write(source.join("disk.img"), &image).unwrap();
         let restarted = Mirror::new(&source, &dest);
         let stats = restarted.sync_paths([source.join("disk.img").as_path()]).unwrap();
