@@ -193,6 +193,7 @@ impl Application {
             store,
             secrets,
             targets,
+            repositories: Default::default(),
             metrics: metrics_handle(),
             query_timeout: config.query_timeout,
         });

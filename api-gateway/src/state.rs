@@ -20,6 +20,8 @@ pub struct AppState {
     pub secrets: Option<SecretStore>,
     /// Opens tenants' repositories (file downloads); `None` when the gateway has no server key.
     pub targets: Option<arca_worker::Targets>,
+    /// Repositories opened for downloads, kept for a minute.
+    pub repositories: Arc<crate::v1::recovery::OpenRepositories>,
     pub metrics: PrometheusHandle,
     pub idempotency: crate::idempotency::Idempotency,
     /// Per-key request rate; `None`: unlimited.

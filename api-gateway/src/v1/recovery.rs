@@ -2,8 +2,10 @@
 //! recovery, served by a recovery instance), single files with HTTP range requests and folders
 //! as a streamed tar, both read by the gateway straight from the repository.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::http::header;
@@ -12,8 +14,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use arca_domain::export::{Export, ExportCommand, ExportStatus};
 use arca_domain::job::{Job, JobCommand};
 use arca_domain::snapshot::Snapshot;
-use arca_events::{JobId, JobKind, SnapshotId, Trigger};
+use arca_events::{JobId, JobKind, SnapshotId, TargetId, TenantId, Trigger};
 use arca_repo::reader::{FileReader, find_node};
+use arca_repo::repository::Index;
 use arca_repo::restore::walk_tree;
 use arca_repo::{Node, NodeKind, Repository};
 use serde::{Deserialize, Serialize};
@@ -189,13 +192,55 @@ pub struct ContentParams {
     pub tenant: Option<Uuid>,
 }
 
+/// Tenants' repositories opened for downloads, kept for a while: opening one derives its key
+/// and loads its index, which a client's run of range requests would otherwise pay each
+/// time. An entry that fails to find a snapshot or path (a snapshot newer than its index, a
+/// prune since) is opened afresh.
+#[derive(Default)]
+pub struct OpenRepositories {
+    open: Mutex<HashMap<(TenantId, TargetId), OpenRepository>>,
+}
+
+struct OpenRepository {
+    repo: Repository,
+    index: Arc<Index>,
+    opened: Instant,
+}
+
+/// How long an opened repository is reused.
+const KEEP_OPEN: Duration = Duration::from_secs(60);
+/// The most repositories kept open at once (each holds its index in memory).
+const MAX_OPEN: usize = 8;
+
+impl OpenRepositories {
+    fn get(&self, key: (TenantId, TargetId)) -> Option<(Repository, Arc<Index>)> {
+        let open = self.open.lock().expect("open repositories");
+        open.get(&key).filter(|o| o.opened.elapsed() < KEEP_OPEN).map(|o| (o.repo.clone(), o.index.clone()))
+    }
+
+    fn put(&self, key: (TenantId, TargetId), repo: Repository, index: Arc<Index>) {
+        let mut open = self.open.lock().expect("open repositories");
+        open.retain(|_, o| o.opened.elapsed() < KEEP_OPEN);
+        if open.len() >= MAX_OPEN
+            && let Some(oldest) = open.iter().min_by_key(|(_, o)| o.opened).map(|(k, _)| *k)
+        {
+            open.remove(&oldest);
+        }
+        open.insert(key, OpenRepository { repo, index, opened: Instant::now() });
+    }
+
+    fn forget(&self, key: (TenantId, TargetId)) {
+        self.open.lock().expect("open repositories").remove(&key);
+    }
+}
+
 /// The repository and the node at a snapshot path, opened on the blocking pool.
 async fn open_path(
     state: &Data,
     auth: &Authorized,
     snapshot: Uuid,
     path: String,
-) -> Result<(Repository, Arc<arca_repo::repository::Index>, Node, String)> {
+) -> Result<(Repository, Arc<Index>, Node, String)> {
     let (found, _) = state.store.load_state::<Snapshot>(auth.tenant, snapshot).await?;
     let Some(commit) = found.commit.filter(|_| !found.forgotten) else { return Err(ApiError::not_found()) };
     let Some(targets) = &state.targets else {
@@ -206,11 +251,22 @@ async fn open_path(
         ApiError::unavailable("the snapshot's target cannot be read now")
     })?;
     let repo_snapshot = commit.repo_snapshot;
+    let (repositories, key) = (state.repositories.clone(), (auth.tenant, commit.target));
     tokio::task::spawn_blocking(move || {
+        let lookup = |repo: &Repository, index: &Index| -> arca_repo::Result<Node> {
+            let (_, snapshot) = repo.find_snapshot(&repo_snapshot)?;
+            find_node(repo, index, &snapshot, &path)
+        };
+        if let Some((repo, index)) = repositories.get(key) {
+            match lookup(&repo, &index) {
+                Ok(node) => return Ok((repo, index, node, path)),
+                Err(_) => repositories.forget(key),
+            }
+        }
         let repo = spec.open()?;
-        let (_, snapshot) = repo.find_snapshot(&repo_snapshot)?;
         let index = Arc::new(repo.load_index()?);
-        let node = find_node(&repo, &index, &snapshot, &path)?;
+        let node = lookup(&repo, &index)?;
+        repositories.put(key, repo.clone(), index.clone());
         Ok((repo, index, node, path))
     })
     .await
@@ -415,7 +471,7 @@ pub async fn folder_archive(
 fn append_node<W: Write>(
     tar: &mut tar::Builder<W>,
     repo: &Repository,
-    index: &Arc<arca_repo::repository::Index>,
+    index: &Arc<Index>,
     path: &[u8],
     node: &Node,
 ) -> std::io::Result<()> {

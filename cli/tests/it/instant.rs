@@ -243,6 +243,17 @@ fn files_download_with_range_requests_and_folders_as_tar() {
     std::io::Write::write_all(untar.stdin.as_mut().unwrap(), &tar).unwrap();
     assert!(untar.wait().unwrap().success());
     assert_same_tree(&source, &unpacked.join("src"));
+
+    // The gateway keeps the repository open between downloads; a snapshot taken since is
+    // still found, with its new content, and the first one still reads as it was.
+    write(&source.join("a/two.txt"), b"hello again, a newer version\n");
+    write(&source.join("c/new.bin"), &noise(200_000, 3));
+    let newer = backed_up(&platform, &tenant, &policy);
+    let in_newer =
+        |path: &Path| format!("/v1/snapshots/{newer}/content?path={}", urlencode(&path.display().to_string()));
+    assert_eq!(curl(&[], &in_newer(&source.join("a/two.txt"))), b"hello again, a newer version\n");
+    assert!(curl(&[], &in_newer(&source.join("c/new.bin"))) == std::fs::read(source.join("c/new.bin")).unwrap());
+    assert_eq!(curl(&[], &content(&source.join("a/two.txt"))), b"hello from acme\n");
 }
 
 fn urlencode(text: &str) -> String {
