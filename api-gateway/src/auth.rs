@@ -91,6 +91,7 @@ pub fn access_rule(method: &Method, pattern: &str) -> AccessRule {
             | "/v1/snapshots/{id}/tree"
             | "/v1/restores"
             | "/v1/restores/{id}"
+            | "/v1/exports"
             | "/v1/exports/{id}"
             | "/v1/replicas"
             | "/v1/replicas/{id}"

@@ -275,7 +275,7 @@ impl Application {
         v1::jobs::create_restore, v1::jobs::list_restores, v1::jobs::get_restore,
         v1::replicas::create_replica, v1::replicas::list_replicas, v1::replicas::get_replica,
         v1::replicas::fail_over, v1::replicas::fail_back, v1::replicas::delete_replica,
-        v1::recovery::create_export, v1::recovery::get_export, v1::recovery::stop_export,
+        v1::recovery::create_export, v1::recovery::list_exports, v1::recovery::get_export, v1::recovery::stop_export,
         v1::recovery::file_content, v1::recovery::folder_archive,
         v1::data::search_files, v1::data::usage, v1::data::audit,
     ),

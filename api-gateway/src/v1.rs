@@ -99,7 +99,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(resource!("/replicas/{id}", get => replicas::get_replica, delete => replicas::delete_replica))
             .service(resource!("/replicas/{id}/failover", post => replicas::fail_over))
             .service(resource!("/replicas/{id}/failback", post => replicas::fail_back))
-            .service(resource!("/exports", post => recovery::create_export))
+            .service(resource!("/exports", get => recovery::list_exports, post => recovery::create_export))
             .service(resource!("/exports/{id}", get => recovery::get_export, delete => recovery::stop_export))
             .service(resource!("/snapshots/{id}/content", get => recovery::file_content))
             .service(resource!("/snapshots/{id}/archive", get => recovery::folder_archive))

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{Data, Result, TenantParams};
+use super::{Data, ListParams, Result, TenantParams};
 use crate::auth::Authorized;
 use crate::observe::command_metadata;
 use crate::problem::{ApiError, Problem};
@@ -127,6 +127,32 @@ fn view(id: Uuid, export: &Export) -> ExportView {
         address: export.address.clone().filter(|_| export.status == ExportStatus::Serving),
         error: export.error.clone(),
     }
+}
+
+/// One page of exports; pass `next_cursor` as `cursor` for the next.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExportPage {
+    pub items: Vec<ExportView>,
+    pub next_cursor: Option<String>,
+}
+
+/// List exports, newest first, stopped ones included (an export is its job: the catalog's
+/// export jobs, each shown as its export).
+#[utoipa::path(get, path = "/v1/exports", tag = "exports", params(ListParams),
+    responses((status = 200, body = ExportPage), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("api_key" = [])))]
+pub async fn list_exports(auth: Authorized, state: Data, page: web::Query<ListParams>) -> Result<HttpResponse> {
+    let query = super::list_query(Some(auth), &page, json!({ "kind": JobKind::Export }))?;
+    let jobs: super::Page = state.catalog("jobs.list", query).await?;
+    let mut items = Vec::with_capacity(jobs.items.len());
+    for job in &jobs.items {
+        let Some(id) = job["id"].as_str().and_then(|id| id.parse::<Uuid>().ok()) else { continue };
+        let (export, _) = state.store.load_state::<Export>(auth.tenant, id).await?;
+        if export.status != ExportStatus::Missing {
+            items.push(view(id, &export));
+        }
+    }
+    Ok(HttpResponse::Ok().json(ExportPage { items, next_cursor: jobs.next_cursor }))
 }
 
 /// One export.

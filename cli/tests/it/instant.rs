@@ -175,6 +175,18 @@ fn an_image_snapshot_is_served_over_nbd_to_qemu_and_writes_stay_in_an_overlay() 
     assert!(std::fs::read(&changed).unwrap() == expected, "the writable export shows its writes over the snapshot");
     checked(Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "raw", &url]).arg(&image_path));
 
+    // Both are listed, newest first, serving; their names are never shown again.
+    let (code, listed) = api.call("GET", "/v1/exports", None);
+    assert_eq!(code, 200, "{listed}");
+    let shown: Vec<(&str, &str, bool)> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["id"].as_str().unwrap(), e["status"].as_str().unwrap(), e["writable"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(shown, [(writable_id.as_str(), "serving", true), (id.as_str(), "serving", false)], "{listed}");
+    assert!(!listed.to_string().contains(&name) && !listed.to_string().contains(&writable_name));
+
     // Stopping an export disconnects it; the other one keeps serving until it is stopped too.
     for export in [&writable_id, &id] {
         let (code, stopped) = api.call("DELETE", &format!("/v1/exports/{export}"), None);
@@ -183,6 +195,11 @@ fn an_image_snapshot_is_served_over_nbd_to_qemu_and_writes_stay_in_an_overlay() 
     }
     let gone = run(Command::new("qemu-img").args(["info", &url]));
     assert!(!gone.status.success(), "a stopped export must not be served");
+    let (_, listed) = api.call("GET", "/v1/exports?limit=1", None);
+    assert_eq!(listed["items"][0]["status"], "stopped", "{listed}");
+    let cursor = listed["next_cursor"].as_str().expect("a second page");
+    let (_, rest) = api.call("GET", &format!("/v1/exports?limit=1&cursor={cursor}"), None);
+    assert_eq!(rest["items"][0]["id"], id.as_str(), "{rest}");
 }
 
 #[test]
