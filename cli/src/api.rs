@@ -1064,7 +1064,29 @@ pub fn snapshots(arg: &ProfileArg, json: bool) -> Result<u8> {
 
 /// The direct children of `folder` in `snapshot`, from the catalog's file index.
 async fn folder(client: &Client, snapshot: &str, folder: &str) -> Result<Vec<Value>> {
-    client.list_all(&format!("/v1/snapshots/{snapshot}/tree?path={}", encode(folder))).await
+    let path = format!("/v1/snapshots/{snapshot}/tree?path={}", encode(folder));
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page_path = match &cursor {
+            Some(cursor) => format!("{path}&cursor={cursor}"),
+            None => path.clone(),
+        };
+        let answer = client.send(reqwest::Method::GET, &page_path, None).await?;
+        if answer.status == reqwest::StatusCode::NOT_FOUND {
+            // Listed, so it exists: the catalog has not indexed its files yet.
+            bail!(
+                "the files of snapshot {} are not indexed yet (soon after a backup they are); try again",
+                short(snapshot)
+            );
+        }
+        let page = answer.ok()?;
+        items.extend(page["items"].as_array().cloned().unwrap_or_default());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return Ok(items),
+        }
+    }
 }
 
 pub fn ls(arg: &ProfileArg, wanted: &str, path: Option<String>, json: bool) -> Result<u8> {
