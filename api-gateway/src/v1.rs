@@ -6,7 +6,7 @@
 //! [`EventStore::execute`]: arca_bus::EventStore::execute
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::ContentType;
@@ -20,8 +20,8 @@ use arca_domain::source::{Source, SourceCommand};
 use arca_domain::target::{Target, TargetCommand};
 use arca_domain::tenant::{Tenant, TenantCommand};
 use arca_events::{
-    ApiKeyId, BackupMode, JobId, JobKind, Misfire, PolicyId, Retention, Role, Schedule, SourceId, SourceKind, TargetId,
-    TargetKind, TenantId, Trigger,
+    AggregateRef, AggregateType, ApiKeyId, BackupMode, JobId, JobKind, Misfire, PolicyId, Retention, Role, Schedule,
+    SourceId, SourceKind, TargetId, TargetKind, TenantId, Trigger,
 };
 use arca_worker::targets::TargetCredentials;
 use chrono::{DateTime, Utc};
@@ -211,14 +211,49 @@ fn page_response(json: bytes::Bytes) -> HttpResponse {
     HttpResponse::Ok().content_type(ContentType::json()).body(json)
 }
 
-/// One row of catalog query `<name>.get`, its version as the `ETag`.
-async fn get(state: &AppState, name: &str, auth: Authorized, id: Uuid) -> Result<HttpResponse> {
-    let row: Value = state.catalog(&format!("{name}.get"), json!({ "tenant": auth.tenant, "id": id })).await?;
-    let mut response = HttpResponse::Ok();
-    if let Some(version) = row["version"].as_u64() {
-        response.insert_header(("ETag", format!("\"{version}\"")));
+/// How long a read by id waits for a lagging catalog before answering what it has.
+const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(2);
+
+/// One row of catalog query `<name>.get` (the `aggregate` `id`), its version as the `ETag`.
+///
+/// Reads its writes: the answer reflects every event of the object stored before the request
+/// (the catalog is given a moment when it lags), so the `ETag` is the version a following
+/// `If-Match` is checked against, and a change just made is seen.
+async fn get(
+    state: &AppState,
+    name: &str,
+    aggregate: AggregateType,
+    auth: Authorized,
+    id: Uuid,
+) -> Result<HttpResponse> {
+    let query = json!({ "tenant": auth.tenant, "id": id });
+    let written = state.store.last_stream_sequence(AggregateRef::new(auth.tenant, aggregate, id)).await?;
+    let deadline = Instant::now() + READ_YOUR_WRITES_WAIT;
+    loop {
+        let (answer, applied) = match state.catalog_raw(&format!("{name}.get"), &query).await {
+            Ok(row) => {
+                let applied = row.header(APPLIED_HEADER).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                (Ok(row.json), applied)
+            }
+            // Not there: gone, or not projected yet.
+            Err(e) if e.code == "not_found" && written.is_some() => {
+                let status: Value = state.catalog("status", json!({})).await?;
+                (Err(e), status["last_applied"].as_u64().unwrap_or(0))
+            }
+            Err(e) => return Err(e),
+        };
+        if written.is_none_or(|written| applied >= written) || Instant::now() >= deadline {
+            let row: Value = serde_json::from_slice(&answer?).map_err(|_| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the catalog gave an unreadable row")
+            })?;
+            let mut response = HttpResponse::Ok();
+            if let Some(version) = row["version"].as_u64() {
+                response.insert_header(("ETag", format!("\"{version}\"")));
+            }
+            return Ok(response.json(row));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(response.json(row))
 }
 
 fn created(id: impl Into<Uuid>) -> HttpResponse {

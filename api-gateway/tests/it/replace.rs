@@ -74,6 +74,14 @@ async fn a_target_is_read_replaced_and_removed_by_its_etag_and_a_stale_one_chang
     assert_eq!(replaced.answer.status, StatusCode::OK, "{:?}", replaced.answer);
     assert_eq!(replaced.etag.as_deref(), Some("\"2\""));
     assert_eq!(replaced.answer.body["version"], 2);
+    // A read right after the change sees it (the read waits for the catalog to apply it).
+    let now = send(&app, Method::GET, &path, &admin, None, None).await;
+    assert_eq!(
+        (now.etag.as_deref(), &now.answer.body["name"]),
+        (Some("\"2\""), &json!("offsite-eu")),
+        "{:?}",
+        now.answer
+    );
     let now = read_version(&app, &path, &admin, 2).await;
     assert_eq!((now["name"].as_str(), now["settings"].clone()), (Some("offsite-eu"), json!({ "region": "eu-west-1" })));
     assert_eq!(
@@ -139,7 +147,7 @@ async fn a_target_is_read_replaced_and_removed_by_its_etag_and_a_stale_one_chang
     // Removed with the current version; then it is gone, and stays gone.
     let removed = send(&app, Method::DELETE, &path, &admin, Some("\"4\""), None).await;
     assert_eq!(removed.answer.status, StatusCode::NO_CONTENT, "{:?}", removed.answer);
-    app.eventually(Method::GET, &path, Some(&admin), None, |a| a.status == StatusCode::NOT_FOUND).await;
+    assert_problem(&app.request(Method::GET, &path, Some(&admin), None).await, StatusCode::NOT_FOUND, "not_found");
     assert_problem(&send(&app, Method::DELETE, &path, &admin, None, None).await.answer, StatusCode::GONE, "removed");
     let again = send(&app, Method::PUT, &path, &admin, None, Some(json!({ "name": "back" }))).await;
     assert_problem(&again.answer, StatusCode::GONE, "removed");

@@ -103,6 +103,10 @@ fn the_cli_adds_updates_and_removes_targets_sources_and_policies_through_the_api
     let target = client.ok(&["targets", "add", "primary", &repo]);
     let offsite =
         json(&client.ok(&["--json", "targets", "add", "offsite", &copies]))["id"].as_str().unwrap().to_owned();
+    // Changed right after it was added: `update` reads what was just written.
+    client.ok(&["targets", "update", &offsite, "--name", "offsite-2"]);
+    client.ok(&["targets", "update", &offsite, "--name", "copies"]);
+    assert_eq!(json(&client.ok(&["--json", "targets", "show", &offsite]))["version"], 3);
     let source = client.ok(&["sources", "add", "docs", "/srv/docs", "--exclude", "*.tmp"]);
     let policy =
         client.ok(&["policies", "add", "nightly", "--source", &source, "--target", &target, "--every", "3600"]);
