@@ -6,6 +6,12 @@
 //! Profiles live in `profiles.toml` under `$ARCA_CONFIG_DIR` (default
 //! `$XDG_CONFIG_HOME/arca` or `~/.config/arca`), readable by the owner only; `--profile` or
 //! `ARCA_PROFILE` picks one, else the one `arca login` last saved.
+//!
+//! `targets|sources|policies update` read the object, change what the flags name and `PUT` it
+//! back with `If-Match` (`--if-match VERSION`, else the version read), so a change made in
+//! between is refused (412) rather than overwritten. `arca snapshots|ls|restore` come here
+//! only when no repository is given and a profile is active ([`through_server`]); with a
+//! repository they stay the standalone commands.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
