@@ -79,8 +79,12 @@ pub enum TargetsCommand {
         name: Option<String>,
         #[command(flatten)]
         settings: TargetSettingsArgs,
+        /// Replace the stored credentials with --access-key-id and ARCA_TARGET_SECRET_ACCESS_KEY
+        /// or ARCA_TARGET_ACCOUNT_KEY (implied by --access-key-id; else they stay as they are)
+        #[arg(long)]
+        new_credentials: bool,
         /// Remove the stored credentials
-        #[arg(long, conflicts_with_all = ["access_key_id"])]
+        #[arg(long, conflicts_with_all = ["access_key_id", "new_credentials"])]
         clear_credentials: bool,
         #[command(flatten)]
         if_match: IfMatchArg,
@@ -622,7 +626,21 @@ pub fn targets(arg: &ProfileArg, command: TargetsCommand, json: bool) -> Result<
                 add(&client, "targets", body, json).await
             }
             TargetsCommand::Show { target } => show(&client, "targets", &target.to_string(), json).await,
-            TargetsCommand::Update { target, name, settings, clear_credentials, if_match } => {
+            TargetsCommand::Update { target, name, settings, new_credentials, clear_credentials, if_match } => {
+                // A secret left in the environment by an earlier `add` does not replace them.
+                let credentials = if clear_credentials {
+                    Some(json!({}))
+                } else if new_credentials || settings.access_key_id.is_some() {
+                    let Some(credentials) = settings.credentials() else {
+                        return Err(usage(
+                            "--new-credentials takes them from --access-key-id, ARCA_TARGET_SECRET_ACCESS_KEY \
+                             or ARCA_TARGET_ACCOUNT_KEY: none is given",
+                        ));
+                    };
+                    Some(credentials)
+                } else {
+                    None
+                };
                 update(&client, "targets", &target.to_string(), if_match.if_match, json, |current| {
                     let mut merged = current["settings"].as_object().cloned().unwrap_or_default();
                     for (key, value) in settings.settings() {
@@ -633,9 +651,7 @@ pub fn targets(arg: &ProfileArg, command: TargetsCommand, json: bool) -> Result<
                         "settings": merged,
                     });
                     // Left out, the stored credentials stay (they are never shown, so never sent back).
-                    if clear_credentials {
-                        body["credentials"] = json!({});
-                    } else if let Some(credentials) = settings.credentials() {
+                    if let Some(credentials) = credentials {
                         body["credentials"] = credentials;
                     }
                     body

@@ -172,6 +172,44 @@ fn the_cli_adds_updates_and_removes_targets_sources_and_policies_through_the_api
     assert_eq!((shown["name"].as_str(), shown["retention"]["keep_daily"].as_u64()), (Some("nightly-2"), Some(7)));
     assert_eq!(shown["schedule"]["expression"], "0 3 * * *");
 
+    // Credentials are write-only: given on add and update, never shown; a secret left in the
+    // environment replaces nothing unless asked.
+    let bucket = arca_testkit::target(arca_testkit::Backend::S3);
+    let env = bucket.env_map();
+    let (endpoint, key_id, secret) =
+        (&env["AWS_ENDPOINT_URL"], &env["AWS_ACCESS_KEY_ID"], &env["AWS_SECRET_ACCESS_KEY"]);
+    let with_secret =
+        |args: &[&str]| client.command().args(args).env("ARCA_TARGET_SECRET_ACCESS_KEY", secret).output().unwrap();
+    let added = with_secret(&[
+        "targets",
+        "add",
+        "s3",
+        &bucket.url,
+        "--endpoint",
+        endpoint,
+        "--region",
+        "us-east-1",
+        "--access-key-id",
+        key_id,
+    ]);
+    assert_eq!(added.status.code(), Some(0), "{}", text(&added));
+    let s3 = String::from_utf8(added.stdout).unwrap().trim().to_owned();
+    let shown = client.ok(&["--json", "targets", "show", &s3]);
+    assert_eq!(json(&shown)["has_credentials"], true, "{shown}");
+    assert!(!shown.contains(secret.as_str()), "{shown}");
+    let renamed = with_secret(&["targets", "update", &s3, "--name", "s3-eu"]);
+    assert_eq!(renamed.status.code(), Some(0), "{}", text(&renamed));
+    let shown = json(&client.ok(&["--json", "targets", "show", &s3]));
+    assert_eq!((shown["name"].as_str(), shown["has_credentials"].as_bool()), (Some("s3-eu"), Some(true)));
+    client.fails(2, &["targets", "update", &s3, "--new-credentials"]);
+    client.fails(2, &["targets", "update", &s3, "--clear-credentials", "--access-key-id", "AKIA"]);
+    client.ok(&["targets", "update", &s3, "--clear-credentials"]);
+    assert_eq!(json(&client.ok(&["--json", "targets", "show", &s3]))["has_credentials"], false);
+    let rotated = with_secret(&["targets", "update", &s3, "--access-key-id", key_id]);
+    assert_eq!(rotated.status.code(), Some(0), "{}", text(&rotated));
+    assert_eq!(json(&client.ok(&["--json", "targets", "show", &s3]))["has_credentials"], true);
+    client.ok(&["targets", "rm", &s3]);
+
     // Bad input: usage errors exit 2, refusals 1, and nothing is lost.
     client.fails(2, &["targets", "show", "not-an-id"]);
     client.fails(2, &["policies", "add", "nightly", "--source", &source, "--target", &target]);
