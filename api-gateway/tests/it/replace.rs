@@ -154,7 +154,7 @@ async fn a_target_is_read_replaced_and_removed_by_its_etag_and_a_stale_one_chang
 }
 
 #[tokio::test]
-async fn what_a_policy_uses_is_not_removed_until_the_policy_is_deleted() {
+async fn what_a_policy_or_replica_uses_is_not_removed_until_they_are_deleted() {
     let app = spawn_app_with(with_server_key).await;
     let (_, admin) = app.tenant_with_key("acme", "tenant_admin").await;
     let id = |v: Value| v["id"].as_str().unwrap().to_owned();
@@ -212,11 +212,22 @@ async fn what_a_policy_uses_is_not_removed_until_the_policy_is_deleted() {
     let now = read_version(&app, &source_path, &admin, 2).await;
     assert_eq!((now["paths"].clone(), now["excludes"].clone()), (json!(["/home", "/srv"]), json!(["*.tmp"])));
 
+    // A replica following the source keeps it too, until it is deleted.
+    let replica = json!({ "name": "standby", "source": source,
+                          "destination": { "type": "directory", "path": "/srv/standby" } });
+    let replica = id(app.create("/v1/replicas", &admin, replica).await);
+
     // Deleted (a stale version first, refused), the policy frees its source and targets.
     let stale = send(&app, Method::DELETE, &policy_path, &admin, Some("\"1\""), None).await;
     assert_problem(&stale.answer, StatusCode::PRECONDITION_FAILED, "stale_version");
     let deleted = send(&app, Method::DELETE, &policy_path, &admin, Some("\"2\""), None).await;
     assert_eq!(deleted.answer.status, StatusCode::NO_CONTENT, "{:?}", deleted.answer);
+    let refused = send(&app, Method::DELETE, &source_path, &admin, None, None).await;
+    assert_problem(&refused.answer, StatusCode::CONFLICT, "in_use");
+    let detail = refused.answer.body["detail"].as_str().unwrap();
+    assert!(detail.contains(&replica) && !detail.contains(&policy), "only the replica uses it now: {detail}");
+    let deleted = app.request(Method::DELETE, &format!("/v1/replicas/{replica}"), Some(&admin), None).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{deleted:?}");
     for path in [&source_path, &target_path, &offsite_path] {
         let removed = send(&app, Method::DELETE, path, &admin, None, None).await;
         assert_eq!(removed.answer.status, StatusCode::NO_CONTENT, "{path}: {:?}", removed.answer);
@@ -226,7 +237,7 @@ async fn what_a_policy_uses_is_not_removed_until_the_policy_is_deleted() {
         StatusCode::GONE,
         "removed",
     );
-    for list in ["/v1/policies", "/v1/sources", "/v1/targets"] {
+    for list in ["/v1/policies", "/v1/sources", "/v1/targets", "/v1/replicas"] {
         app.eventually(Method::GET, list, Some(&admin), None, |a| a.body["items"] == json!([])).await;
     }
 }
