@@ -74,6 +74,7 @@ pub fn access_rule(method: &Method, pattern: &str) -> AccessRule {
         | ("DELETE", "/v1/exports/{id}")
         | ("GET", "/v1/snapshots/{id}/content" | "/v1/snapshots/{id}/archive") => tenant(Role::Operator),
         ("POST", "/v1/targets" | "/v1/sources" | "/v1/policies" | "/v1/snapshots/{id}/forget" | "/v1/replicas")
+        | ("PUT" | "DELETE", "/v1/targets/{id}" | "/v1/sources/{id}" | "/v1/policies/{id}")
         | ("DELETE", "/v1/replicas/{id}") => tenant(Role::TenantAdmin),
         (
             "GET",

@@ -270,6 +270,8 @@ impl Application {
         v1::list_jobs, v1::get_job, v1::list_snapshots,
         v1::data::get_tenant, v1::data::list_api_keys, v1::data::revoke_api_key,
         v1::data::get_target, v1::data::get_source, v1::data::get_policy,
+        v1::replace::replace_target, v1::replace::remove_target, v1::replace::replace_source,
+        v1::replace::remove_source, v1::replace::replace_policy, v1::replace::delete_policy,
         v1::jobs::cancel_job, v1::jobs::job_events,
         v1::data::get_snapshot, v1::data::snapshot_tree, v1::data::lock_snapshot, v1::data::forget_snapshot,
         v1::jobs::create_restore, v1::jobs::list_restores, v1::jobs::get_restore,

@@ -6,7 +6,7 @@
 //! [`EventStore::execute`]: arca_bus::EventStore::execute
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::ContentType;
@@ -20,8 +20,8 @@ use arca_domain::source::{Source, SourceCommand};
 use arca_domain::target::{Target, TargetCommand};
 use arca_domain::tenant::{Tenant, TenantCommand};
 use arca_events::{
-    ApiKeyId, BackupMode, JobId, JobKind, Misfire, PolicyId, Retention, Role, Schedule, SourceId, SourceKind, TargetId,
-    TargetKind, TenantId, Trigger,
+    AggregateRef, AggregateType, ApiKeyId, BackupMode, JobId, JobKind, Misfire, PolicyId, Retention, Role, Schedule,
+    SourceId, SourceKind, TargetId, TargetKind, TenantId, Trigger,
 };
 use arca_worker::targets::TargetCredentials;
 use chrono::{DateTime, Utc};
@@ -38,6 +38,7 @@ use crate::state::AppState;
 pub mod data;
 pub mod jobs;
 pub mod recovery;
+pub mod replace;
 pub mod replicas;
 
 /// A resource with one route per `method => handler`, answering any other method with 405.
@@ -78,11 +79,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(resource!("/tenants/{tenant}/api-keys", post => create_api_key, get => data::list_api_keys))
             .service(resource!("/tenants/{tenant}/api-keys/{id}", delete => data::revoke_api_key))
             .service(resource!("/targets", post => create_target, get => list_targets))
-            .service(resource!("/targets/{id}", get => data::get_target))
+            .service(resource!(
+                "/targets/{id}",
+                get => data::get_target,
+                put => replace::replace_target,
+                delete => replace::remove_target
+            ))
             .service(resource!("/sources", post => create_source, get => list_sources))
-            .service(resource!("/sources/{id}", get => data::get_source))
+            .service(resource!(
+                "/sources/{id}",
+                get => data::get_source,
+                put => replace::replace_source,
+                delete => replace::remove_source
+            ))
             .service(resource!("/policies", post => create_policy, get => list_policies))
-            .service(resource!("/policies/{id}", get => data::get_policy))
+            .service(resource!(
+                "/policies/{id}",
+                get => data::get_policy,
+                put => replace::replace_policy,
+                delete => replace::delete_policy
+            ))
             .service(resource!("/policies/{id}/run", post => run_policy))
             .service(resource!("/jobs", get => list_jobs))
             .service(resource!("/jobs/{id}", get => get_job))
@@ -195,14 +211,49 @@ fn page_response(json: bytes::Bytes) -> HttpResponse {
     HttpResponse::Ok().content_type(ContentType::json()).body(json)
 }
 
-/// One row of catalog query `<name>.get`, its version as the `ETag`.
-async fn get(state: &AppState, name: &str, auth: Authorized, id: Uuid) -> Result<HttpResponse> {
-    let row: Value = state.catalog(&format!("{name}.get"), json!({ "tenant": auth.tenant, "id": id })).await?;
-    let mut response = HttpResponse::Ok();
-    if let Some(version) = row["version"].as_u64() {
-        response.insert_header(("ETag", format!("\"{version}\"")));
+/// How long a read by id waits for a lagging catalog before answering what it has.
+const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(2);
+
+/// One row of catalog query `<name>.get` (the `aggregate` `id`), its version as the `ETag`.
+///
+/// Reads its writes: the answer reflects every event of the object stored before the request
+/// (the catalog is given a moment when it lags), so the `ETag` is the version a following
+/// `If-Match` is checked against, and a change just made is seen.
+async fn get(
+    state: &AppState,
+    name: &str,
+    aggregate: AggregateType,
+    auth: Authorized,
+    id: Uuid,
+) -> Result<HttpResponse> {
+    let query = json!({ "tenant": auth.tenant, "id": id });
+    let written = state.store.last_stream_sequence(AggregateRef::new(auth.tenant, aggregate, id)).await?;
+    let deadline = Instant::now() + READ_YOUR_WRITES_WAIT;
+    loop {
+        let (answer, applied) = match state.catalog_raw(&format!("{name}.get"), &query).await {
+            Ok(row) => {
+                let applied = row.header(APPLIED_HEADER).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                (Ok(row.json), applied)
+            }
+            // Not there: gone, or not projected yet.
+            Err(e) if e.code == "not_found" && written.is_some() => {
+                let status: Value = state.catalog("status", json!({})).await?;
+                (Err(e), status["last_applied"].as_u64().unwrap_or(0))
+            }
+            Err(e) => return Err(e),
+        };
+        if written.is_none_or(|written| applied >= written) || Instant::now() >= deadline {
+            let row: Value = serde_json::from_slice(&answer?).map_err(|_| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the catalog gave an unreadable row")
+            })?;
+            let mut response = HttpResponse::Ok();
+            if let Some(version) = row["version"].as_u64() {
+                response.insert_header(("ETag", format!("\"{version}\"")));
+            }
+            return Ok(response.json(row));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(response.json(row))
 }
 
 fn created(id: impl Into<Uuid>) -> HttpResponse {
@@ -369,31 +420,42 @@ pub async fn create_target(
             .with_field("location"));
         }
     };
-    let credentials = credentials
-        .map(|c| TargetCredentials {
-            access_key_id: c.access_key_id,
-            secret_access_key: c.secret_access_key,
-            account_key: c.account_key,
-        })
-        .filter(|c| c.access_key_id.is_some() || c.secret_access_key.is_some() || c.account_key.is_some());
     let sealed = match credentials {
         None => None,
-        Some(credentials) => {
-            let secrets = state.secrets.as_ref().ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no_server_key",
-                    "this gateway has no server key to seal credentials with",
-                )
-            })?;
-            let bytes = serde_json::to_vec(&credentials).expect("credentials serialise");
-            Some(secrets.put(auth.tenant, &bytes).await?)
-        }
+        Some(credentials) => seal_credentials(&state, auth.tenant, credentials).await?,
     };
     let id = TargetId::new();
     let command = TargetCommand::Add { name, kind, location, settings, credentials: sealed };
     state.store.execute::<Target>(auth.tenant, id, &command, &command_metadata()).await?;
     Ok(created(id))
+}
+
+/// Seals `credentials` in the secret store; `None` when the object names none of them.
+async fn seal_credentials(
+    state: &AppState,
+    tenant: TenantId,
+    credentials: Credentials,
+) -> Result<Option<arca_events::SecretRef>> {
+    let credentials = TargetCredentials {
+        access_key_id: credentials.access_key_id,
+        secret_access_key: credentials.secret_access_key,
+        account_key: credentials.account_key,
+    };
+    if credentials.access_key_id.is_none()
+        && credentials.secret_access_key.is_none()
+        && credentials.account_key.is_none()
+    {
+        return Ok(None);
+    }
+    let secrets = state.secrets.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_server_key",
+            "this gateway has no server key to seal credentials with",
+        )
+    })?;
+    let bytes = serde_json::to_vec(&credentials).expect("credentials serialise");
+    Ok(Some(secrets.put(tenant, &bytes).await?))
 }
 
 /// List targets (credentials are never returned).
@@ -565,50 +627,109 @@ pub async fn create_policy(
     if source.status != Lifecycle::Active {
         return Err(unknown("source", body.source));
     }
-    for target in std::iter::once(&body.target).chain(&body.copy_targets) {
-        let (state, _) = state.store.load_state::<Target>(auth.tenant, *target).await?;
-        if state.status != Lifecycle::Active {
-            return Err(unknown("target", *target));
-        }
-    }
-    let retention = body.retention;
+    require_targets(&state, auth.tenant, "target", [&body.target]).await?;
+    require_targets(&state, auth.tenant, "copy_targets", &body.copy_targets).await?;
+    let settings = PolicySettings::from(&body);
     let command = PolicyCommand::Create {
         name: body.name,
         source: body.source.into(),
         target: body.target.into(),
-        schedule: match body.schedule {
-            ScheduleBody::Cron { expression, timezone } => {
-                Schedule::Cron { expression, timezone: timezone.unwrap_or_else(|| "UTC".into()) }
-            }
-            ScheduleBody::Interval { seconds } => Schedule::Interval { seconds },
-        },
-        misfire: match body.misfire {
-            MisfireBody::Skip => Misfire::Skip,
-            MisfireBody::RunOnce => Misfire::RunOnce,
-        },
-        mode: match body.mode {
-            ModeBody::Incremental => BackupMode::Incremental,
-            ModeBody::Full => BackupMode::Full,
-            ModeBody::Differential => BackupMode::Differential,
-        },
-        retention: Retention {
-            keep_last: retention.keep_last,
-            keep_hourly: retention.keep_hourly,
-            keep_daily: retention.keep_daily,
-            keep_weekly: retention.keep_weekly,
-            keep_monthly: retention.keep_monthly,
-            keep_yearly: retention.keep_yearly,
-        },
-        copy_targets: body.copy_targets.into_iter().map(TargetId::from).collect(),
-        verify_schedule: body.verify_every_seconds.map(|seconds| Schedule::Interval { seconds }),
+        schedule: settings.schedule,
+        misfire: settings.misfire,
+        mode: settings.mode,
+        retention: settings.retention,
+        copy_targets: settings.copy_targets,
+        verify_schedule: settings.verify_schedule,
     };
     let id = PolicyId::new();
     state.store.execute::<Policy>(auth.tenant, id, &command, &command_metadata()).await?;
     Ok(created(id))
 }
 
-fn unknown(what: &'static str, id: Uuid) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", format!("{what} `{id}` does not exist")).with_field(what)
+/// A policy's settings as the domain takes them: what create and replace share.
+pub(crate) struct PolicySettings {
+    pub schedule: Schedule,
+    pub misfire: Misfire,
+    pub mode: BackupMode,
+    pub retention: Retention,
+    pub copy_targets: Vec<TargetId>,
+    pub verify_schedule: Option<Schedule>,
+}
+
+impl PolicySettings {
+    pub(crate) fn new(
+        schedule: &ScheduleBody,
+        misfire: MisfireBody,
+        mode: ModeBody,
+        retention: RetentionBody,
+        copy_targets: &[Uuid],
+        verify_every_seconds: Option<u64>,
+    ) -> Self {
+        PolicySettings {
+            schedule: match schedule.clone() {
+                ScheduleBody::Cron { expression, timezone } => {
+                    Schedule::Cron { expression, timezone: timezone.unwrap_or_else(|| "UTC".into()) }
+                }
+                ScheduleBody::Interval { seconds } => Schedule::Interval { seconds },
+            },
+            misfire: match misfire {
+                MisfireBody::Skip => Misfire::Skip,
+                MisfireBody::RunOnce => Misfire::RunOnce,
+            },
+            mode: match mode {
+                ModeBody::Incremental => BackupMode::Incremental,
+                ModeBody::Full => BackupMode::Full,
+                ModeBody::Differential => BackupMode::Differential,
+            },
+            retention: Retention {
+                keep_last: retention.keep_last,
+                keep_hourly: retention.keep_hourly,
+                keep_daily: retention.keep_daily,
+                keep_weekly: retention.keep_weekly,
+                keep_monthly: retention.keep_monthly,
+                keep_yearly: retention.keep_yearly,
+            },
+            copy_targets: copy_targets.iter().copied().map(TargetId::from).collect(),
+            verify_schedule: verify_every_seconds.map(|seconds| Schedule::Interval { seconds }),
+        }
+    }
+}
+
+impl From<&CreatePolicy> for PolicySettings {
+    fn from(body: &CreatePolicy) -> Self {
+        PolicySettings::new(
+            &body.schedule,
+            body.misfire,
+            body.mode,
+            body.retention,
+            &body.copy_targets,
+            body.verify_every_seconds,
+        )
+    }
+}
+
+/// Refuses (422, naming `field`) a target that is not an active target of `tenant`: a
+/// policy's targets must be its tenant's, whose aggregates live under its subjects.
+pub(crate) async fn require_targets(
+    state: &AppState,
+    tenant: TenantId,
+    field: &'static str,
+    targets: impl IntoIterator<Item = &Uuid>,
+) -> Result<()> {
+    for target in targets {
+        let (found, _) = state.store.load_state::<Target>(tenant, *target).await?;
+        if found.status != Lifecycle::Active {
+            return Err(unknown(field, *target));
+        }
+    }
+    Ok(())
+}
+
+/// 422 for `field` naming an object the tenant does not have.
+fn unknown(field: &'static str, id: Uuid) -> ApiError {
+    let noun = if field == "source" { "source" } else { "target" };
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", format!("{noun} `{id}` does not exist"))
+        .with_field(field)
 }
 
 /// List policies.

@@ -88,16 +88,22 @@ enum Command {
     },
     /// Back up files, a disk image, standard input or a command's output
     Backup(BackupArgs),
-    /// List snapshots
-    Snapshots,
-    /// List the files of a snapshot
+    /// List snapshots (of the server's tenant when a profile is active and no --repo is given)
+    Snapshots {
+        #[command(flatten)]
+        profile: api::ProfileArg,
+    },
+    /// List the files of a snapshot (through the server like `snapshots`)
     Ls {
         /// Snapshot id, id prefix or `latest`
         snapshot: String,
         /// Only below this path in the snapshot
         path: Option<String>,
+        #[command(flatten)]
+        profile: api::ProfileArg,
     },
-    /// Restore a snapshot into a folder
+    /// Restore a snapshot into a folder (through the server like `snapshots`: then the folder
+    /// is on the host of the server's recovery worker)
     Restore {
         /// Snapshot id, id prefix or `latest`
         snapshot: String,
@@ -107,6 +113,8 @@ enum Command {
         /// Restore only paths matching this glob (repeatable), e.g. `/home/*/docs/**`
         #[arg(long)]
         include: Vec<String>,
+        #[command(flatten)]
+        profile: api::ProfileArg,
     },
     /// Verify the repository
     Check {
@@ -185,21 +193,21 @@ enum Command {
     },
     /// Save a profile for the REST API (URL and key) that the plural commands use
     Login(api::LoginArgs),
-    /// Targets, through the REST API
+    /// Targets, through the REST API: list, add, show, update, rm
     Targets {
         #[command(flatten)]
         profile: api::ProfileArg,
         #[command(subcommand)]
-        command: api::ListOnly,
+        command: api::TargetsCommand,
     },
-    /// Sources, through the REST API
+    /// Sources, through the REST API: list, add, show, update, rm
     Sources {
         #[command(flatten)]
         profile: api::ProfileArg,
         #[command(subcommand)]
-        command: api::ListOnly,
+        command: api::SourcesCommand,
     },
-    /// Policies, through the REST API: list, run and follow
+    /// Policies, through the REST API: list, add, show, update, rm, run and follow
     Policies {
         #[command(flatten)]
         profile: api::ProfileArg,
@@ -357,7 +365,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("arca: {}", one_line(&e));
-            ExitCode::FAILURE
+            if e.is::<api::UsageError>() { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
 }
@@ -451,8 +459,8 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Snapshot { connection, command } => control::snapshot(connection, command, g.json),
         Command::Job { connection, command } => control::job(connection, command, g.json),
         Command::Login(args) => api::login(args, g.json),
-        Command::Targets { profile, command: api::ListOnly::List } => api::list(&profile, "targets", g.json),
-        Command::Sources { profile, command: api::ListOnly::List } => api::list(&profile, "sources", g.json),
+        Command::Targets { profile, command } => api::targets(&profile, command, g.json),
+        Command::Sources { profile, command } => api::sources(&profile, command, g.json),
         Command::Policies { profile, command } => api::policies(&profile, command, g.json),
         Command::Jobs { profile, command } => api::jobs(&profile, command, g.json),
         Command::Find { profile, path } => api::find(&profile, &path, g.json),
@@ -470,12 +478,21 @@ fn run(cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::Snapshots => {
+        Command::Snapshots { profile } if api::through_server(g.repo.is_some(), &profile)? => {
+            api::snapshots(&profile, g.json)
+        }
+        Command::Ls { snapshot, path, profile } if api::through_server(g.repo.is_some(), &profile)? => {
+            api::ls(&profile, &snapshot, path, g.json)
+        }
+        Command::Restore { snapshot, target, include, profile } if api::through_server(g.repo.is_some(), &profile)? => {
+            api::restore(&profile, &snapshot, &target, include, g.json)
+        }
+        Command::Snapshots { .. } => {
             let snapshots = open(g)?.snapshots()?;
             print_snapshots(g, &snapshots);
             Ok(0)
         }
-        Command::Ls { snapshot, path } => {
+        Command::Ls { snapshot, path, .. } => {
             let repo = open(g)?;
             let (_, snap) = repo.find_snapshot(&snapshot)?;
             let index = repo.load_index()?;
@@ -512,7 +529,7 @@ fn run(cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::Restore { snapshot, target, include } => {
+        Command::Restore { snapshot, target, include, .. } => {
             let repo = open(g)?;
             let (id, snap) = repo.find_snapshot(&snapshot)?;
             let progress = Arc::new(RestoreProgress::default());

@@ -3,14 +3,15 @@
 //!
 //! Objects read by id carry an `ETag` (their version: the number of events in their
 //! history); a write that sends `If-Match` with it is refused with 412 when the object has
-//! changed since.
+//! changed since. A read by id reflects every change of the object stored before it (see
+//! `get` in [`crate::v1`]), so a client reads its own writes and their versions.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use arca_domain::api_key::{ApiKey, ApiKeyCommand};
 use arca_domain::job::JobCommand;
 use arca_domain::snapshot::{Snapshot, SnapshotCommand};
-use arca_events::{ApiKeyId, JobId, JobKind, SnapshotId, Trigger};
+use arca_events::{AggregateType, ApiKeyId, JobId, JobKind, SnapshotId, Trigger};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -38,7 +39,7 @@ pub fn if_match(req: &HttpRequest) -> Result<Option<u64>> {
 }
 
 macro_rules! get_by_id {
-    ($name:ident, $path:literal, $tag:literal, $query:literal, $what:literal) => {
+    ($name:ident, $path:literal, $tag:literal, $query:literal, $aggregate:expr, $what:literal) => {
         #[doc = concat!("One ", $what, " (with its version as `ETag`).")]
         #[utoipa::path(get, path = $path, tag = $tag,
             params(("id" = Uuid, Path, description = $what), TenantParams),
@@ -50,15 +51,15 @@ macro_rules! get_by_id {
             id: web::Path<Uuid>,
             _tenant: web::Query<TenantParams>,
         ) -> Result<HttpResponse> {
-            get(&state, $query, auth, id.into_inner()).await
+            get(&state, $query, $aggregate, auth, id.into_inner()).await
         }
     };
 }
 
-get_by_id!(get_target, "/v1/targets/{id}", "targets", "targets", "target");
-get_by_id!(get_source, "/v1/sources/{id}", "sources", "sources", "source");
-get_by_id!(get_policy, "/v1/policies/{id}", "policies", "policies", "policy");
-get_by_id!(get_snapshot, "/v1/snapshots/{id}", "snapshots", "snapshots", "snapshot");
+get_by_id!(get_target, "/v1/targets/{id}", "targets", "targets", AggregateType::Target, "target");
+get_by_id!(get_source, "/v1/sources/{id}", "sources", "sources", AggregateType::Source, "source");
+get_by_id!(get_policy, "/v1/policies/{id}", "policies", "policies", AggregateType::Policy, "policy");
+get_by_id!(get_snapshot, "/v1/snapshots/{id}", "snapshots", "snapshots", AggregateType::Snapshot, "snapshot");
 
 /// One tenant (MSP admins, and the tenant's own keys).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants",
@@ -66,7 +67,7 @@ get_by_id!(get_snapshot, "/v1/snapshots/{id}", "snapshots", "snapshots", "snapsh
     responses((status = 200, body = Object), (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("api_key" = [])))]
 pub async fn get_tenant(auth: Authorized, state: Data, _tenant: web::Path<Uuid>) -> Result<HttpResponse> {
-    get(&state, "tenants", auth, auth.tenant.as_uuid()).await
+    get(&state, "tenants", AggregateType::Tenant, auth, auth.tenant.as_uuid()).await
 }
 
 // ---- Snapshots ----

@@ -272,5 +272,5 @@ pub async fn get_restore(
     id: web::Path<Uuid>,
     _tenant: web::Query<TenantParams>,
 ) -> Result<HttpResponse> {
-    super::get(&state, "restores", auth, id.into_inner()).await
+    super::get(&state, "restores", AggregateType::Restore, auth, id.into_inner()).await
 }

@@ -9,7 +9,7 @@ use arca_domain::job::{Job, JobCommand};
 use arca_domain::replica::{Replica, ReplicaCommand};
 use arca_domain::source::Source;
 use arca_domain::target::Target;
-use arca_events::{JobId, JobKind, ReplicaDestination, ReplicaId, Trigger};
+use arca_events::{AggregateType, JobId, JobKind, ReplicaDestination, ReplicaId, Trigger};
 use arca_worker::ids::replicate_job_id;
 use arca_worker::runner::start_job;
 use serde::{Deserialize, Serialize};
@@ -155,7 +155,7 @@ pub async fn get_replica(
     id: web::Path<Uuid>,
     _tenant: web::Query<TenantParams>,
 ) -> Result<HttpResponse> {
-    super::get(&state, "replicas", auth, id.into_inner()).await
+    super::get(&state, "replicas", AggregateType::Replica, auth, id.into_inner()).await
 }
 
 async fn active(state: &Data, auth: &Authorized, id: Uuid) -> Result<Replica> {

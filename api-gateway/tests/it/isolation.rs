@@ -66,6 +66,9 @@ impl Objects {
 /// A body each write accepts, so a refusal is about who asks, not what they sent.
 fn body_for(template: &str) -> Value {
     match template {
+        "/v1/targets/{id}" => json!({ "name": "renamed" }),
+        "/v1/sources/{id}" => json!({ "name": "renamed", "paths": ["/y"] }),
+        "/v1/policies/{id}" => json!({ "name": "renamed", "schedule": { "type": "interval", "seconds": 7200 } }),
         "/v1/snapshots/{id}/lock" => json!({ "until": "2031-01-01T00:00:00Z" }),
         "/v1/tenants/{tenant}/api-keys" => json!({ "name": "sneaky", "role": "viewer" }),
         "/v1/restores" => {
@@ -169,7 +172,20 @@ async fn every_operation_with_another_tenants_key_finds_nothing_of_tenant_a() {
         let text = answer.body.to_string();
         assert!(a.all().iter().all(|id| !text.contains(id)), "{path} shows tenant A's objects to B: {text}");
     }
-    // Nothing of A changed: its job still waits, its key still works.
+    // Nothing of A changed: its job still waits, its key still works, its configuration is
+    // as it was made (version 1: no replace or remove of B's reached it).
+    for (path, name) in [
+        (format!("/v1/targets/{}", a.target), "primary"),
+        (format!("/v1/sources/{}", a.source), "docs"),
+        (format!("/v1/policies/{}", a.policy), "nightly"),
+    ] {
+        let object = app.request(Method::GET, &format!("{path}?tenant={}", a.tenant), Some(BOOTSTRAP_KEY), None).await;
+        assert_eq!(
+            (object.body["name"].as_str(), object.body["version"].as_u64()),
+            (Some(name), Some(1)),
+            "{object:?}"
+        );
+    }
     let job =
         app.request(Method::GET, &format!("/v1/jobs/{}?tenant={}", a.job, a.tenant), Some(BOOTSTRAP_KEY), None).await;
     assert_eq!(job.body["status"], "requested", "{job:?}");
@@ -203,7 +219,8 @@ async fn every_write_with_a_viewer_key_is_403() {
                 | "/v1/tenants"
                 | "/v1/replicas"
         ) || template.starts_with("/v1/tenants/")
-            || (template == "/v1/replicas/{id}" && method == Method::DELETE);
+            || (template == "/v1/replicas/{id}" && method == Method::DELETE)
+            || matches!(template.as_str(), "/v1/targets/{id}" | "/v1/sources/{id}" | "/v1/policies/{id}");
         if admin_only {
             let answer = app.request(method.clone(), &path, Some(&operator), body).await;
             assert_eq!(answer.status, StatusCode::FORBIDDEN, "{method} {path} with an operator key: {answer:?}");

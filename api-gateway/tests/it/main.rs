@@ -8,4 +8,5 @@ mod helpers;
 mod isolation;
 mod jobs;
 mod openapi;
+mod replace;
 mod schemathesis;

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod api_client;
 mod backup;
 mod catalog;
 mod check;

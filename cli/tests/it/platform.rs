@@ -109,7 +109,7 @@ impl Platform {
         self
     }
 
-    fn key_file(&self) -> PathBuf {
+    pub(crate) fn key_file(&self) -> PathBuf {
         self.data.path().join("secret.key")
     }
 
@@ -218,7 +218,7 @@ impl Platform {
 }
 
 /// Tenant, fs target, source and policy; returns (tenant, target, source, policy).
-fn define(
+pub(crate) fn define(
     platform: &Platform,
     source_dir: &Path,
     repo: &Path,
@@ -279,7 +279,7 @@ pub(crate) fn add_s3_target(
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
-fn make_source(dir: &Path) {
+pub(crate) fn make_source(dir: &Path) {
     write(&dir.join("a/one.bin"), &noise(3 << 20, 1));
     write(&dir.join("a/two.txt"), b"hello from acme\n");
     write(&dir.join("b/three.bin"), &noise(1 << 20, 2));

@@ -96,6 +96,18 @@ impl EventStore {
         Ok(loaded)
     }
 
+    /// The stream sequence of the newest event of `aggregate`; `None` when it has none. One
+    /// direct get, whatever the length of its history: what a read model must have applied to
+    /// reflect every change of it stored so far.
+    pub async fn last_stream_sequence(&self, aggregate: AggregateRef) -> Result<Option<u64>, BusError> {
+        let subject = aggregate.subject();
+        match self.stream.direct_get_last_for_subject(subject.as_str()).await {
+            Ok(message) => Ok(Some(message.sequence)),
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(BusError::unavailable(format!("read the last event of `{subject}`"), e)),
+        }
+    }
+
     /// The event on `subject` right after `version`, if any.
     async fn next_after(&self, subject: &str, version: Version) -> Result<Option<StoredEvent>, BusError> {
         match self.stream.direct_get_next_for_subject(subject, Some(version.stream_sequence + 1)).await {

@@ -37,6 +37,9 @@ async fn appended_events_load_back_in_order_with_versions() {
     let empty = h.store.load(tenant_ref(TenantId::new())).await.unwrap();
     assert!(empty.events.is_empty());
     assert_eq!(empty.version, Version::default());
+    // The last event's stream sequence, in one read: what a read model must have applied.
+    assert_eq!(h.store.last_stream_sequence(tenant_ref(tenant)).await.unwrap(), Some(renamed.version.stream_sequence));
+    assert_eq!(h.store.last_stream_sequence(tenant_ref(TenantId::new())).await.unwrap(), None);
 }
 
 #[tokio::test]
