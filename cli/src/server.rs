@@ -55,6 +55,10 @@ pub struct ServerArgs {
     /// Serve instant-recovery NBD exports on this address; port 0 picks a free one
     #[arg(long, env = "ARCA_NBD_ADDR", default_value = "127.0.0.1:10809")]
     nbd_addr: std::net::SocketAddr,
+    /// On a host shared by tenants: every folder a tenant names (sources, restore and replica
+    /// folders, `fs://` targets) must be inside DIR/<tenant id>
+    #[arg(long, env = "ARCA_TENANT_ROOT", value_name = "DIR")]
+    tenant_root: Option<PathBuf>,
     #[command(flatten)]
     http: HttpArgs,
 }
@@ -97,14 +101,23 @@ pub fn run(args: ServerArgs) -> Result<u8> {
         let catalog_config = CatalogConfig { server_key: Some(key.clone()), ..CatalogConfig::new(&nats_url, &database) };
         let catalog = Catalog::build(catalog_config).await.context("start the catalog")?;
         let scheduler = Scheduler::build(SchedulerConfig::new(&nats_url)).await.context("start the scheduler")?;
-        let transport = Transport::build(TransportConfig { worker: worker.clone(), ..TransportConfig::new(&nats_url, key.clone()) })
+        let tenant_root = args.tenant_root.clone();
+        let transport = Transport::build(TransportConfig {
+            worker: worker.clone(),
+            tenant_root: tenant_root.clone(),
+            ..TransportConfig::new(&nats_url, key.clone())
+        })
             .await
             .context("start the transport")?;
-        let storage = Storage::build(StorageConfig { worker: worker.clone(), ..StorageConfig::new(&nats_url, key.clone()) })
+        let storage = Storage::build(StorageConfig {
+            worker: worker.clone(),
+            tenant_root: tenant_root.clone(),
+            ..StorageConfig::new(&nats_url, key.clone())
+        })
             .await
             .context("start the storage service")?;
         let recovery_config =
-            RecoveryConfig { worker, nbd_addr: Some(args.nbd_addr), ..RecoveryConfig::new(&nats_url, key.clone()) };
+            RecoveryConfig { worker, nbd_addr: Some(args.nbd_addr), tenant_root, ..RecoveryConfig::new(&nats_url, key.clone()) };
         let recovery = Recovery::build(recovery_config)
             .await
             .context("start the recovery service")?;

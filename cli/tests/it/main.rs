@@ -10,6 +10,7 @@ mod check;
 mod copy;
 mod crash;
 mod deps;
+mod folders;
 mod instant;
 mod keys;
 mod platform;

@@ -147,7 +147,7 @@ impl Platform {
         self.all_in_one_with(&[])
     }
 
-    fn all_in_one_with(mut self, extra: &[&str]) -> Platform {
+    pub(crate) fn all_in_one_with(mut self, extra: &[&str]) -> Platform {
         let data = self.data.path().display().to_string();
         let nats = self.nats.url.clone();
         let mut args = vec![

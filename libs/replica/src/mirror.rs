@@ -494,8 +494,14 @@ impl Walk<'_> {
     /// Makes sure the mirror has the folder `rel` (and the folders above it).
     fn folder(&mut self, rel: &Path) -> io::Result<()> {
         let dest = self.mirror.dest.join(rel);
-        if dest.is_dir() {
-            return Ok(());
+        match fs::symlink_metadata(&dest) {
+            Ok(meta) if meta.is_dir() => return Ok(()),
+            // Never written through: a symlink here (mirrored from the source) is replaced.
+            Ok(_) => {
+                fs::remove_file(&dest)?;
+            }
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(e),
         }
         fs::create_dir_all(&dest)?;
         let mut renamed = self.renamed.lock().expect("mirror state");

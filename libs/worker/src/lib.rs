@@ -19,6 +19,7 @@
 //! runtime, which must not be dropped inside an async context.
 
 pub mod copy;
+pub mod folders;
 pub mod hooks;
 pub mod ids;
 pub mod keys;
@@ -26,5 +27,6 @@ pub mod runner;
 pub mod targets;
 pub mod usage;
 
+pub use folders::Folders;
 pub use runner::{FollowUp, JobContext, JobError, JobHandler, JobOutcome, WorkerSettings};
 pub use targets::{TargetSpec, Targets};

@@ -1,6 +1,8 @@
 //! A tenant's targets as repositories: the location and settings from the target's events,
 //! the credentials from the secret store, the key and identity from the server key.
 
+use std::path::Path;
+
 use arca_bus::secrets::SecretStore;
 use arca_bus::{EventStore, ExecuteError};
 use arca_domain::Lifecycle;
@@ -9,6 +11,7 @@ use arca_events::{TargetId, TargetKind, TenantId};
 use arca_repo::{Backend, InitOptions, Repository, TargetOptions};
 use serde::{Deserialize, Serialize};
 
+use crate::folders::Folders;
 use crate::keys::{ServerKey, tenant_kdf};
 
 /// Credentials of an object-store target, as sealed in the secret store (JSON).
@@ -67,6 +70,8 @@ pub enum TargetError {
     Control(#[from] ExecuteError),
     #[error(transparent)]
     Repository(#[from] arca_repo::Error),
+    #[error("{0}")]
+    Folder(String),
 }
 
 impl TargetError {
@@ -126,11 +131,21 @@ pub struct Targets {
     store: EventStore,
     secrets: SecretStore,
     key: ServerKey,
+    folders: Folders,
 }
 
 impl Targets {
     pub fn new(store: EventStore, secrets: SecretStore, key: ServerKey) -> Targets {
-        Targets { store, secrets, key }
+        Targets { store, secrets, key, folders: Folders::default() }
+    }
+
+    /// Tenants' folders (sources, destinations, local targets) confined as `folders` says.
+    pub fn with_folders(self, folders: Folders) -> Targets {
+        Targets { folders, ..self }
+    }
+
+    pub fn folders(&self) -> &Folders {
+        &self.folders
     }
 
     pub fn store(&self) -> &EventStore {
@@ -232,6 +247,12 @@ impl Targets {
                 serde_json::from_slice(&sealed).map_err(|_| TargetError::CredentialsMalformed(state.name.clone()))?
             }
         };
+        if kind == TargetKind::Fs && self.folders.is_confined() {
+            let path = state.location.strip_prefix("fs://").unwrap_or(&state.location);
+            self.folders
+                .check(tenant, Path::new(path), "the target's folder")
+                .map_err(|e| TargetError::Folder(e.to_string()))?;
+        }
         let setting = |key: &str| state.settings.get(key).cloned();
         let options = match kind {
             TargetKind::Fs => TargetOptions::default(),

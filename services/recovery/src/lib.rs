@@ -17,7 +17,7 @@
 pub mod nbd;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -32,7 +32,7 @@ use arca_repo::restore::{RestoreOptions, RestoreProgress, restore, verify_restor
 use arca_worker::copy::copy_snapshot;
 use arca_worker::keys::ServerKey;
 use arca_worker::runner::{ProgressReading, run_worker};
-use arca_worker::{JobContext, JobError, JobHandler, JobOutcome, TargetSpec, Targets, WorkerSettings};
+use arca_worker::{Folders, JobContext, JobError, JobHandler, JobOutcome, TargetSpec, Targets, WorkerSettings};
 use nbd::NbdServer;
 
 pub mod postgres;
@@ -50,6 +50,9 @@ pub struct RecoveryConfig {
     pub nbd_host: Option<String>,
     /// Exports served at once.
     pub exports: usize,
+    /// On a host shared by tenants: each tenant restores only into a new or empty folder
+    /// inside `<tenant_root>/<tenant id>` (and reads `fs://` targets only there).
+    pub tenant_root: Option<PathBuf>,
 }
 
 impl RecoveryConfig {
@@ -62,6 +65,7 @@ impl RecoveryConfig {
             nbd_addr: None,
             nbd_host: None,
             exports: 64,
+            tenant_root: None,
         }
     }
 }
@@ -90,7 +94,9 @@ impl Recovery {
             })?)),
             None => None,
         };
-        Ok(Recovery { targets: Targets::new(store, secrets, config.key.clone()), config, nbd })
+        let folders = config.tenant_root.clone().map(Folders::confined_to).unwrap_or_default();
+        let targets = Targets::new(store, secrets, config.key.clone()).with_folders(folders);
+        Ok(Recovery { targets, config, nbd })
     }
 
     /// Where NBD clients connect, when this instance serves exports.
@@ -156,7 +162,15 @@ impl RestoreHandler {
         let (spec, repo_snapshot) = committed(ctx, &self.targets, request.snapshot).await?;
         let progress = restore_progress(ctx);
         let options = RestoreOptions { include: request.paths.clone(), progress: Some(progress) };
-        let destination = PathBuf::from(path);
+        let folders = self.targets.folders();
+        let destination = folders.check(ctx.tenant, Path::new(path), "the restore destination")?;
+        // On a shared host a restore never writes into what is already there: a symlink left
+        // in a folder by an earlier restore could lead its writes out of the tenant's folder.
+        if folders.is_confined() && std::fs::read_dir(&destination).is_ok_and(|mut entries| entries.next().is_some()) {
+            return Err(JobError::Permanent(format!(
+                "the restore destination `{path}` is not empty; on a shared host restores go into a new or empty folder"
+            )));
+        }
         let (summary, verification) = tokio::task::spawn_blocking(move || {
             let repo = spec.open()?;
             let (_, snapshot) = repo.find_snapshot(&repo_snapshot)?;

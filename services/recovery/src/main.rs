@@ -32,6 +32,10 @@ struct Args {
     /// The host name NBD clients reach this instance at (default: the listener's IP)
     #[arg(long, env = "ARCA_NBD_HOST")]
     nbd_host: Option<String>,
+    /// On a host shared by tenants: every folder a tenant names (sources, restore and replica
+    /// folders, `fs://` targets) must be inside DIR/<tenant id>
+    #[arg(long, env = "ARCA_TENANT_ROOT", value_name = "DIR")]
+    tenant_root: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -46,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
     config.worker.site = args.site;
     config.nbd_addr = args.nbd_addr;
     config.nbd_host = args.nbd_host;
+    config.tenant_root = args.tenant_root;
     let recovery = Recovery::build(config).await.context("start the recovery service")?;
     recovery.run_until_stopped(arca_telemetry::shutdown_signal()).await?;
     Ok(())

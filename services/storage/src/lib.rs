@@ -33,11 +33,19 @@ pub struct StorageConfig {
     pub replicas: usize,
     pub key: ServerKey,
     pub worker: WorkerSettings,
+    /// On a host shared by tenants: `fs://` targets only inside `<tenant_root>/<tenant id>`.
+    pub tenant_root: Option<std::path::PathBuf>,
 }
 
 impl StorageConfig {
     pub fn new(nats_url: impl Into<String>, key: ServerKey) -> Self {
-        StorageConfig { nats_url: nats_url.into(), replicas: 1, key, worker: WorkerSettings::default() }
+        StorageConfig {
+            nats_url: nats_url.into(),
+            replicas: 1,
+            key,
+            worker: WorkerSettings::default(),
+            tenant_root: None,
+        }
     }
 }
 
@@ -57,7 +65,9 @@ impl Storage {
         .await?;
         let store = bus.event_store().await?;
         let secrets = SecretStore::open(&bus, &config.key.secret_store_key()).await?;
-        Ok(Storage { targets: Targets::new(store, secrets, config.key.clone()), config })
+        let folders = config.tenant_root.clone().map(arca_worker::Folders::confined_to).unwrap_or_default();
+        let targets = Targets::new(store, secrets, config.key.clone()).with_folders(folders);
+        Ok(Storage { targets, config })
     }
 
     /// Creates repositories and runs jobs until `shutdown` completes.

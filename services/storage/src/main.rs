@@ -23,6 +23,9 @@ struct Args {
     /// Jobs of each kind run at once
     #[arg(long, env = "ARCA_PARALLEL_JOBS", default_value_t = 2)]
     parallel: usize,
+    /// On a host shared by tenants: `fs://` targets only inside DIR/<tenant id>
+    #[arg(long, env = "ARCA_TENANT_ROOT", value_name = "DIR")]
+    tenant_root: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -34,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut config = StorageConfig::new(args.nats, ServerKey::load(&args.secret_key_file)?);
     config.worker.parallel = args.parallel;
+    config.tenant_root = args.tenant_root;
     let storage = Storage::build(config).await.context("start the storage service")?;
     storage.run_until_stopped(arca_telemetry::shutdown_signal()).await?;
     Ok(())

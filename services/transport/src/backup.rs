@@ -110,7 +110,18 @@ impl JobHandler for BackupHandler {
         check_quota(&store.tenant_facts(ctx.tenant).await?)?;
         let spec = self.targets.describe(ctx.tenant, target_id).await?;
         self.targets.ensure_repository(&spec).await?;
-        let what = backup_source(&source)?;
+        let what = match backup_source(&source)? {
+            BackupSource::Paths(paths) => BackupSource::Paths(
+                paths
+                    .iter()
+                    .map(|path| self.targets.folders().check(ctx.tenant, path, "the source path"))
+                    .collect::<Result<_, _>>()?,
+            ),
+            BackupSource::Image(image) => {
+                BackupSource::Image(self.targets.folders().check(ctx.tenant, &image, "the source image")?)
+            }
+            other => other,
+        };
 
         let result = async {
             if let Some(hook) = &source.pre_hook {

@@ -30,7 +30,7 @@ use arca_bus::secrets::SecretStore;
 use arca_bus::{Bus, BusConfig, BusError};
 use arca_worker::keys::ServerKey;
 use arca_worker::runner::run_worker;
-use arca_worker::{Targets, WorkerSettings};
+use arca_worker::{Folders, Targets, WorkerSettings};
 
 pub use backup::BackupHandler;
 pub use copy::CopyHandler;
@@ -49,6 +49,9 @@ pub struct TransportConfig {
     pub follow: arca_replica::FollowSettings,
     /// Replicas followed at once (each holds a job for as long as it runs).
     pub replicas_followed: usize,
+    /// On a host shared by tenants: each tenant's folders (sources, replicas, `fs://`
+    /// targets) must be inside `<tenant_root>/<tenant id>`.
+    pub tenant_root: Option<std::path::PathBuf>,
 }
 
 impl TransportConfig {
@@ -61,6 +64,7 @@ impl TransportConfig {
             hook_timeout: Duration::from_secs(600),
             follow: arca_replica::FollowSettings::default(),
             replicas_followed: 64,
+            tenant_root: None,
         }
     }
 }
@@ -81,7 +85,9 @@ impl Transport {
         .await?;
         let store = bus.event_store().await?;
         let secrets = SecretStore::open(&bus, &config.key.secret_store_key()).await?;
-        Ok(Transport { targets: Targets::new(store, secrets, config.key.clone()), config })
+        let folders = config.tenant_root.clone().map(Folders::confined_to).unwrap_or_default();
+        let targets = Targets::new(store, secrets, config.key.clone()).with_folders(folders);
+        Ok(Transport { targets, config })
     }
 
     /// Takes backup, copy and replica jobs until `shutdown` completes.
@@ -98,7 +104,7 @@ impl Transport {
             result = run_worker(copies, store.clone(), self.config.worker.clone()) => result,
             result = run_worker(followers, store.clone(), replicas) => result,
             result = run_worker(failovers, store.clone(), self.config.worker.clone()) => result,
-            result = run_worker(Arc::new(FailbackHandler), store, self.config.worker.clone()) => result,
+            result = run_worker(Arc::new(FailbackHandler::new(self.targets.folders().clone())), store, self.config.worker.clone()) => result,
         }
     }
 }

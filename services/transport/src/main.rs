@@ -35,6 +35,10 @@ struct Args {
     /// Milliseconds between live progress messages of a running job
     #[arg(long, default_value_t = 1000)]
     progress_interval_ms: u64,
+    /// On a host shared by tenants: every folder a tenant names (sources, restore and replica
+    /// folders, `fs://` targets) must be inside DIR/<tenant id>
+    #[arg(long, env = "ARCA_TENANT_ROOT", value_name = "DIR")]
+    tenant_root: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -48,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = TransportConfig::new(args.nats, key);
     config.worker.site = args.site;
     config.worker.parallel = args.parallel;
+    config.tenant_root = args.tenant_root;
     config.worker.ack_wait = std::time::Duration::from_secs(args.ack_wait_seconds);
     config.worker.progress_every = std::time::Duration::from_millis(args.progress_interval_ms.max(10));
     if let Some(name) = args.worker_name {

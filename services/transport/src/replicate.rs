@@ -37,7 +37,7 @@ use arca_repo::restore::{RestoreOptions, restore};
 use arca_repo::{BackupOptions, BackupSource, Repository};
 use arca_worker::ids::{follow_up_job_id, replicate_job_id, snapshot_id};
 use arca_worker::runner::start_job;
-use arca_worker::{JobContext, JobError, JobHandler, JobOutcome, TargetSpec, Targets, usage};
+use arca_worker::{Folders, JobContext, JobError, JobHandler, JobOutcome, TargetSpec, Targets, usage};
 use chrono::Utc;
 
 /// Tag on every recovery point of a replica.
@@ -116,8 +116,9 @@ impl Replicated {
     }
 }
 
-/// The replica a job works for, its source path and its destination folder.
-async fn load(ctx: &JobContext) -> Result<Option<Replicated>, JobError> {
+/// The replica a job works for, its source path and its destination folder (both checked
+/// against the tenant's folder on a shared host).
+async fn load(ctx: &JobContext, folders: &Folders) -> Result<Option<Replicated>, JobError> {
     let Some(Trigger::Replica { replica: id }) = ctx.job.trigger else {
         return Err(JobError::Permanent("a replica job is triggered by its replica".into()));
     };
@@ -128,7 +129,7 @@ async fn load(ctx: &JobContext) -> Result<Option<Replicated>, JobError> {
     let (source, _) = ctx.store.load_state::<Source>(ctx.tenant, replica.source.as_uuid()).await?;
     let path = match (source.kind, &source.paths[..]) {
         (Some(SourceKind::Files | SourceKind::Image), [path]) if source.status == Lifecycle::Active => {
-            PathBuf::from(path)
+            folders.check(ctx.tenant, Path::new(path), "the replicated source")?
         }
         (Some(SourceKind::Postgres), _) => {
             return Err(JobError::Permanent("a PostgreSQL source is protected by backups, not replicas".into()));
@@ -139,7 +140,10 @@ async fn load(ctx: &JobContext) -> Result<Option<Replicated>, JobError> {
         _ => return Err(JobError::Permanent(format!("source {} does not exist or was removed", replica.source))),
     };
     let to = match &replica.destination {
-        Some(ReplicaDestination::Directory { path }) => Destination::Folder(path.clone()),
+        Some(ReplicaDestination::Directory { path }) => {
+            let path = folders.check(ctx.tenant, Path::new(path), "the replica's folder")?;
+            Destination::Folder(path.to_string_lossy().into_owned())
+        }
         Some(ReplicaDestination::Target { target }) => Destination::Target(*target),
         None => return Err(JobError::Permanent(format!("replica {id} has no destination"))),
     };
@@ -172,7 +176,7 @@ impl JobHandler for ReplicateHandler {
     }
 
     async fn run(&self, ctx: JobContext) -> Result<JobOutcome, JobError> {
-        let Some(work) = load(&ctx).await? else { return Ok(JobOutcome::default()) };
+        let Some(work) = load(&ctx, self.targets.folders()).await? else { return Ok(JobOutcome::default()) };
         if work.replica.is_failed_over() {
             // Failed over: the live copy is the replica's own now; a failback resumes.
             return Ok(JobOutcome::default());
@@ -584,7 +588,7 @@ impl JobHandler for FailoverHandler {
     }
 
     async fn run(&self, ctx: JobContext) -> Result<JobOutcome, JobError> {
-        let Some(work) = load(&ctx).await? else {
+        let Some(work) = load(&ctx, self.targets.folders()).await? else {
             return Err(JobError::Permanent("the replica was deleted".into()));
         };
         let Some(point) = work.replica.failed_over_to.clone() else {
@@ -633,7 +637,15 @@ impl JobHandler for FailoverHandler {
 }
 
 /// Copies a failed-over replica's live copy back over its source, then follows it again.
-pub struct FailbackHandler;
+pub struct FailbackHandler {
+    folders: Folders,
+}
+
+impl FailbackHandler {
+    pub fn new(folders: Folders) -> Self {
+        FailbackHandler { folders }
+    }
+}
 
 impl JobHandler for FailbackHandler {
     fn kind(&self) -> JobKind {
@@ -641,7 +653,7 @@ impl JobHandler for FailbackHandler {
     }
 
     async fn run(&self, ctx: JobContext) -> Result<JobOutcome, JobError> {
-        let Some(work) = load(&ctx).await? else {
+        let Some(work) = load(&ctx, &self.folders).await? else {
             return Err(JobError::Permanent("the replica was deleted".into()));
         };
         if !work.replica.is_failed_over() {
