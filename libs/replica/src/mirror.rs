@@ -368,11 +368,21 @@ impl Mirror {
                 break;
             }
         }
-        file.set_len(offset)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.sync_data()?;
-        let mtime = filetime::FileTime::from_last_modification_time(meta);
-        filetime::set_file_handle_times(&file, None, Some(mtime))?;
+        // Reported as changed but the same in every byte and attribute (a second notification
+        // of a write an earlier pass carried): no change, nothing to make durable.
+        let unchanged = dest_meta.as_ref().is_some_and(|d| {
+            stats.bytes_written == 0 && d.len() == offset && mtime_of(d) == mtime_of(meta) && d.mode() & 0o7777 == mode
+        });
+        if unchanged {
+            stats.files = 0;
+            stats.oldest_change = None;
+        } else {
+            file.set_len(offset)?;
+            file.set_permissions(fs::Permissions::from_mode(mode))?;
+            file.sync_data()?;
+            let mtime = filetime::FileTime::from_last_modification_time(meta);
+            filetime::set_file_handle_times(&file, None, Some(mtime))?;
+        }
         drop(file);
         if let Some(temporary) = temporary {
             fs::rename(&temporary, &dest)?;
