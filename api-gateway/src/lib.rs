@@ -264,7 +264,7 @@ impl Application {
 #[openapi(
     info(title = "Arca API", description = "Multi-tenant backup platform: tenants, keys, targets, sources, policies, jobs, snapshots, restores, replicas, NBD exports and file downloads, file search, usage, audit"),
     paths(
-        v1::create_tenant, v1::list_tenants, v1::create_api_key,
+        v1::create_tenant, v1::list_tenants, v1::update_tenant, v1::create_api_key,
         v1::create_target, v1::list_targets, v1::create_source, v1::list_sources,
         v1::create_policy, v1::list_policies, v1::run_policy,
         v1::list_jobs, v1::get_job, v1::list_snapshots,

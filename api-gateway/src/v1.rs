@@ -75,7 +75,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/v1")
             .wrap(actix_web::middleware::from_fn(crate::auth::authenticate))
             .service(resource!("/tenants", post => create_tenant, get => list_tenants))
-            .service(resource!("/tenants/{tenant}", get => data::get_tenant))
+            .service(resource!("/tenants/{tenant}", get => data::get_tenant, patch => update_tenant))
             .service(resource!("/tenants/{tenant}/api-keys", post => create_api_key, get => data::list_api_keys))
             .service(resource!("/tenants/{tenant}/api-keys/{id}", delete => data::revoke_api_key))
             .service(resource!("/targets", post => create_target, get => list_targets))
@@ -282,6 +282,80 @@ pub async fn create_tenant(_auth: Authorized, state: Data, body: web::Json<Creat
     let id = TenantId::new();
     state.store.execute::<Tenant>(id, id, &TenantCommand::Create { name, quota_bytes }, &command_metadata()).await?;
     Ok(created(id))
+}
+
+/// What to change of a tenant; fields left out stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(examples(
+    json!({ "quota_bytes": 2_199_023_255_552_u64 }),
+    json!({ "suspended": true, "reason": "invoice overdue" }),
+    json!({ "name": "Acme Inc", "quota_bytes": null, "suspended": false })
+))]
+pub struct UpdateTenant {
+    #[schema(min_length = 1)]
+    pub name: Option<String>,
+    /// Stored bytes allowed across the tenant's repositories; `null` removes the quota.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>, nullable, minimum = 1, format = "uint64")]
+    pub quota_bytes: Option<Option<u64>>,
+    /// `true` suspends the tenant (its schedules fire no jobs and nothing new starts),
+    /// `false` resumes it.
+    pub suspended: Option<bool>,
+    /// Why it is suspended (with `"suspended": true`).
+    #[schema(min_length = 1)]
+    pub reason: Option<String>,
+}
+
+/// A field that was sent, even as `null` (`Some(None)`), apart from one left out (`None`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    value: D,
+) -> std::result::Result<Option<T>, D::Error> {
+    T::deserialize(value).map(Some)
+}
+
+/// Change a tenant's name, quota or suspension (MSP admins; honours `If-Match`, checked
+/// against the version before the first change).
+#[utoipa::path(patch, path = "/v1/tenants/{tenant}", tag = "tenants", request_body = UpdateTenant,
+    params(("tenant" = Uuid, Path, description = "The tenant"), replace::IfMatch),
+    responses((status = 200, body = replace::Replaced, headers(("ETag" = String, description = "The new version"))),
+        (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("api_key" = [])))]
+pub async fn update_tenant(
+    req: HttpRequest,
+    _auth: Authorized,
+    state: Data,
+    tenant: web::Path<Uuid>,
+    body: web::Json<UpdateTenant>,
+) -> Result<HttpResponse> {
+    let id = TenantId::from(tenant.into_inner());
+    let UpdateTenant { name, quota_bytes, suspended, reason } = body.into_inner();
+    let mut commands = Vec::new();
+    commands.extend(name.map(|name| TenantCommand::Rename { name }));
+    commands.extend(quota_bytes.map(|quota_bytes| TenantCommand::SetQuota { quota_bytes }));
+    match (suspended, reason) {
+        (Some(true), reason) => {
+            commands.push(TenantCommand::Suspend { reason: reason.unwrap_or_else(|| "suspended by the MSP".into()) });
+        }
+        (Some(false), None) => commands.push(TenantCommand::Resume),
+        (_, Some(_)) => {
+            return Err(
+                ApiError::bad_request("invalid", "`reason` goes with `\"suspended\": true`").with_field("reason")
+            );
+        }
+        (None, None) => {}
+    }
+    if commands.is_empty() {
+        return Err(ApiError::bad_request("invalid", "nothing to change: give name, quota_bytes or suspended"));
+    }
+    let mut expected = data::if_match(&req)?;
+    let meta = command_metadata();
+    let mut version = 0;
+    for command in &commands {
+        version =
+            state.store.execute_expecting::<Tenant>(id, id, command, &meta, expected.take()).await?.version.sequence;
+    }
+    Ok(replace::replaced(id, version))
 }
 
 /// List tenants (MSP admins).

@@ -46,7 +46,7 @@ pub struct Replaced {
     pub version: u64,
 }
 
-fn replaced(id: impl Into<Uuid>, version: u64) -> HttpResponse {
+pub(super) fn replaced(id: impl Into<Uuid>, version: u64) -> HttpResponse {
     HttpResponse::Ok().insert_header(("ETag", format!("\"{version}\""))).json(Replaced { id: id.into(), version })
 }
 

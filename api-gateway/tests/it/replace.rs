@@ -241,3 +241,57 @@ async fn what_a_policy_or_replica_uses_is_not_removed_until_they_are_deleted() {
         app.eventually(Method::GET, list, Some(&admin), None, |a| a.body["items"] == json!([])).await;
     }
 }
+
+#[tokio::test]
+async fn an_msp_admin_changes_a_tenants_name_quota_and_suspension_with_if_match() {
+    let app = spawn_app_with(with_server_key).await;
+    let bootstrap = crate::helpers::BOOTSTRAP_KEY;
+    let (tenant, tenant_key) = app.tenant_with_key("acme", "tenant_admin").await;
+    let path = format!("/v1/tenants/{tenant}");
+    let quota = json!({ "quota_bytes": 2_199_023_255_552_u64 });
+
+    // The tenant's own admin may read it, not change it.
+    let refused = send(&app, Method::PATCH, &path, &tenant_key, None, Some(quota.clone())).await;
+    assert_problem(&refused.answer, StatusCode::FORBIDDEN, "forbidden");
+
+    let changed = send(&app, Method::PATCH, &path, bootstrap, Some("\"1\""), Some(quota)).await;
+    assert_eq!(changed.answer.status, StatusCode::OK, "{:?}", changed.answer);
+    assert_eq!(changed.etag.as_deref(), Some("\"2\""));
+    let read = read_version(&app, &path, bootstrap, 2).await;
+    assert_eq!(read["quota_bytes"], 2_199_023_255_552_u64, "{read}");
+
+    // A stale version changes nothing.
+    let stale = send(&app, Method::PATCH, &path, bootstrap, Some("\"1\""), Some(json!({ "name": "Globex" }))).await;
+    assert_problem(&stale.answer, StatusCode::PRECONDITION_FAILED, "stale_version");
+
+    // Several changes at once; `null` removes the quota; suspended, then resumed.
+    let body = json!({ "name": "Acme Inc", "quota_bytes": null, "suspended": true, "reason": "invoice overdue" });
+    let changed = send(&app, Method::PATCH, &path, bootstrap, Some("\"2\""), Some(body)).await;
+    assert_eq!(changed.etag.as_deref(), Some("\"5\""), "{:?}", changed.answer);
+    let read = read_version(&app, &path, bootstrap, 5).await;
+    assert_eq!((read["name"].as_str(), read["quota_bytes"].is_null()), (Some("Acme Inc"), true), "{read}");
+    assert_eq!(
+        (read["status"].as_str(), read["suspended_reason"].as_str()),
+        (Some("suspended"), Some("invoice overdue"))
+    );
+    let resumed = send(&app, Method::PATCH, &path, bootstrap, None, Some(json!({ "suspended": false }))).await;
+    assert_eq!(resumed.etag.as_deref(), Some("\"6\""), "{:?}", resumed.answer);
+    assert_eq!(read_version(&app, &path, bootstrap, 6).await["status"], "active");
+
+    // Nothing to change, a reason without suspending, an unknown field: 400, nothing written.
+    for body in [json!({}), json!({ "reason": "why" }), json!({ "plan": "gold" })] {
+        let refused = send(&app, Method::PATCH, &path, bootstrap, None, Some(body.clone())).await;
+        assert_eq!(refused.answer.status, StatusCode::BAD_REQUEST, "{body}: {:?}", refused.answer);
+    }
+    let missing = send(
+        &app,
+        Method::PATCH,
+        &format!("/v1/tenants/{}", uuid::Uuid::now_v7()),
+        bootstrap,
+        None,
+        Some(json!({ "name": "x" })),
+    )
+    .await;
+    assert_eq!(missing.answer.status, StatusCode::NOT_FOUND, "{:?}", missing.answer);
+    assert_eq!(read_version(&app, &path, bootstrap, 6).await["name"], "Acme Inc");
+}
