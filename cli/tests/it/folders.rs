@@ -68,4 +68,28 @@ fn on_a_shared_host_a_tenant_reads_and_writes_only_inside_its_own_folder() {
     assert_eq!(failed["status"], "failed", "{failed}");
     assert!(failed["error"].as_str().unwrap().contains("the target's folder"), "{failed}");
     assert!(!host.join("repo").exists(), "nothing was created outside the tenant's folder");
+
+    // Nor does anything a tenant wrote run on the shared host: hooks are refused.
+    let ran = host.join("hook-ran");
+    let hook = format!("touch {}", ran.display());
+    let source = source.display().to_string();
+    let hooked = platform.arca(&[
+        "source",
+        "add",
+        "--tenant",
+        &tenant,
+        "hooked",
+        &source,
+        "--pre-hook",
+        &hook,
+        "--post-hook",
+        &hook,
+    ]);
+    let runs = platform.arca(&[
+        "policy", "create", "--tenant", &tenant, "p4", "--source", &hooked, "--target", &target, "--every", "3600",
+    ]);
+    let failed = platform.wait_job(&tenant, &platform.arca(&["policy", "run", "--tenant", &tenant, &runs]));
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(failed["error"].as_str().unwrap().contains("hooks do not run here"), "{failed}");
+    assert!(!ran.exists(), "no hook ran");
 }

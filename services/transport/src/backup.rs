@@ -84,6 +84,26 @@ fn backup_source(source: &Source) -> Result<BackupSource, JobError> {
     }
 }
 
+/// On a host shared by tenants, nothing a tenant wrote runs there: hooks are shell commands
+/// and a PostgreSQL source dumps through the host's own database connection.
+fn refuse_host_commands(source: &Source) -> Result<(), JobError> {
+    if source.pre_hook.is_some() || source.post_hook.is_some() {
+        return Err(JobError::Permanent(
+            "this host is shared by tenants (it has a tenant root): a source's hooks do not run here; \
+             give the source a site of its own"
+                .into(),
+        ));
+    }
+    if source.kind == Some(SourceKind::Postgres) {
+        return Err(JobError::Permanent(
+            "this host is shared by tenants (it has a tenant root): PostgreSQL sources are backed up by a \
+             worker of their own site"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 fn engine_mode(mode: Option<BackupMode>) -> arca_repo::BackupMode {
     match mode.unwrap_or_default() {
         BackupMode::Incremental => arca_repo::BackupMode::Incremental,
@@ -108,6 +128,9 @@ impl JobHandler for BackupHandler {
             return Err(JobError::Permanent(format!("source {source_id} does not exist or was removed")));
         }
         check_quota(&store.tenant_facts(ctx.tenant).await?)?;
+        if self.targets.folders().is_confined() {
+            refuse_host_commands(&source)?;
+        }
         let spec = self.targets.describe(ctx.tenant, target_id).await?;
         self.targets.ensure_repository(&spec).await?;
         let what = match backup_source(&source)? {
