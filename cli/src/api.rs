@@ -19,10 +19,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use arca_events::{PolicyId, SourceId, TargetId};
+use arca_events::{PolicyId, Retention, SourceId, TargetId};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+use crate::control::RetentionArgs;
 
 /// Which saved profile to use.
 #[derive(Args, Clone, Debug)]
@@ -215,18 +217,8 @@ pub struct PolicySettingsArgs {
     run_once_when_late: bool,
     #[arg(long, value_enum)]
     mode: Option<ModeArg>,
-    #[arg(long)]
-    keep_last: Option<u32>,
-    #[arg(long)]
-    keep_hourly: Option<u32>,
-    #[arg(long)]
-    keep_daily: Option<u32>,
-    #[arg(long)]
-    keep_weekly: Option<u32>,
-    #[arg(long)]
-    keep_monthly: Option<u32>,
-    #[arg(long)]
-    keep_yearly: Option<u32>,
+    #[command(flatten)]
+    retention: RetentionArgs,
     /// Copy each backup to this target too (repeatable; replaces the old list)
     #[arg(long = "copy-to")]
     copy_to: Vec<TargetId>,
@@ -758,19 +750,10 @@ impl PolicySettingsArgs {
                 ModeArg::Differential => "differential",
             });
         }
-        let rules = [
-            ("keep_last", self.keep_last),
-            ("keep_hourly", self.keep_hourly),
-            ("keep_daily", self.keep_daily),
-            ("keep_weekly", self.keep_weekly),
-            ("keep_monthly", self.keep_monthly),
-            ("keep_yearly", self.keep_yearly),
-        ];
-        if rules.iter().any(|(_, keep)| keep.is_some()) {
+        let rules = self.retention.rules();
+        if rules != Retention::default() {
             // Rules given replace the old ones as a whole.
-            let retention: serde_json::Map<String, Value> =
-                rules.iter().filter_map(|(key, keep)| keep.map(|keep| ((*key).to_owned(), json!(keep)))).collect();
-            body["retention"] = Value::Object(retention);
+            body["retention"] = json!(rules);
         }
         if !self.copy_to.is_empty() {
             body["copy_targets"] = json!(self.copy_to);

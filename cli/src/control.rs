@@ -130,6 +130,36 @@ pub enum PolicyCommandArgs {
     },
 }
 
+/// A policy's retention rules as flags (`arca policy create` and `arca policies add|update`).
+#[derive(Args, Clone, Copy, Debug)]
+pub struct RetentionArgs {
+    #[arg(long)]
+    keep_last: Option<u32>,
+    #[arg(long)]
+    keep_hourly: Option<u32>,
+    #[arg(long)]
+    keep_daily: Option<u32>,
+    #[arg(long)]
+    keep_weekly: Option<u32>,
+    #[arg(long)]
+    keep_monthly: Option<u32>,
+    #[arg(long)]
+    keep_yearly: Option<u32>,
+}
+
+impl RetentionArgs {
+    pub fn rules(&self) -> Retention {
+        Retention {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct PolicyCreateArgs {
     #[command(flatten)]
@@ -153,18 +183,8 @@ pub struct PolicyCreateArgs {
     run_once_when_late: bool,
     #[arg(long, value_enum, default_value = "incremental")]
     mode: ModeArg,
-    #[arg(long)]
-    keep_last: Option<u32>,
-    #[arg(long)]
-    keep_hourly: Option<u32>,
-    #[arg(long)]
-    keep_daily: Option<u32>,
-    #[arg(long)]
-    keep_weekly: Option<u32>,
-    #[arg(long)]
-    keep_monthly: Option<u32>,
-    #[arg(long)]
-    keep_yearly: Option<u32>,
+    #[command(flatten)]
+    retention: RetentionArgs,
     /// Copy each backup to this target too (repeatable)
     #[arg(long = "copy-to")]
     copy_to: Vec<TargetId>,
@@ -364,14 +384,7 @@ pub fn policy(connection: Connection, command: PolicyCommandArgs, json: bool) ->
                         ModeArg::Full => BackupMode::Full,
                         ModeArg::Differential => BackupMode::Differential,
                     },
-                    retention: Retention {
-                        keep_last: args.keep_last,
-                        keep_hourly: args.keep_hourly,
-                        keep_daily: args.keep_daily,
-                        keep_weekly: args.keep_weekly,
-                        keep_monthly: args.keep_monthly,
-                        keep_yearly: args.keep_yearly,
-                    },
+                    retention: args.retention.rules(),
                     copy_targets: args.copy_to,
                     verify_schedule: args.verify_every.map(|seconds| Schedule::Interval { seconds }),
                 };
