@@ -144,7 +144,7 @@ impl Mirror {
     /// Makes the whole mirror equal to the source: a full walk of both. The source may be a
     /// single file (a disk image): then `dest` is a file too.
     pub fn sync_all(&self) -> io::Result<SyncStats> {
-        self.in_parallel(|walk| walk.root(false))
+        self.in_parallel(WORKERS, |walk| walk.root(false))
     }
 
     /// Brings these source paths (anything under the source: files, folders, paths that no
@@ -155,9 +155,17 @@ impl Mirror {
         relative.sort();
         relative.dedup();
         if relative.iter().any(|rel| rel.as_os_str().is_empty()) {
-            return self.in_parallel(|walk| walk.root(true));
+            // The source itself: a single file (an image) or the whole folder.
+            let workers = if self.source.is_dir() { WORKERS } else { 1 };
+            return self.in_parallel(workers, |walk| walk.root(true));
         }
-        self.in_parallel(|walk| {
+        // A few changed files (the usual pass) need no more threads than files.
+        let workers = if relative.len() < WORKERS && !relative.iter().any(|rel| self.source.join(rel).is_dir()) {
+            relative.len().max(1)
+        } else {
+            WORKERS
+        };
+        self.in_parallel(workers, |walk| {
             // A folder's subtree covers the paths below it.
             let mut covered: Vec<PathBuf> = Vec::new();
             for rel in relative {
@@ -195,16 +203,20 @@ impl Mirror {
         self.known.lock().expect("mirror state").retain(|path, _| !path.starts_with(rel));
     }
 
-    /// Runs a walk whose file copies go to [`WORKERS`] threads, then makes the pass durable:
+    /// Runs a walk whose file copies go to `workers` threads, then makes the pass durable:
     /// folders get their mode and mtime once every file in them was written (writing into a
     /// folder moves its mtime), deepest first, and every folder that gained or lost a name is
     /// synced so the renames survive a crash. Most of a small file's cost is the `fsync` that
     /// makes it durable; run side by side, those share the disk's flushes.
-    fn in_parallel(&self, walking: impl FnOnce(&mut Walk<'_>) -> io::Result<()>) -> io::Result<SyncStats> {
+    fn in_parallel(
+        &self,
+        workers: usize,
+        walking: impl FnOnce(&mut Walk<'_>) -> io::Result<()>,
+    ) -> io::Result<SyncStats> {
         let renamed = Mutex::new(BTreeSet::new());
-        let (jobs, queue) = crossbeam_channel::bounded::<FileJob>(WORKERS * 4);
+        let (jobs, queue) = crossbeam_channel::bounded::<FileJob>(workers * 4);
         let (stats, folders) = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..WORKERS)
+            let workers: Vec<_> = (0..workers)
                 .map(|_| {
                     let (queue, renamed) = (queue.clone(), &renamed);
                     scope.spawn(move || -> io::Result<SyncStats> {
