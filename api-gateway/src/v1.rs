@@ -572,6 +572,32 @@ pub struct CreateSource {
     pub site: Option<String>,
     pub pre_hook: Option<String>,
     pub post_hook: Option<String>,
+    /// For an image a running qemu has open: replicas ask qemu which blocks changed instead
+    /// of reading the whole image.
+    pub qemu: Option<QemuBody>,
+}
+
+/// The running qemu (a VM, or `qemu-storage-daemon`) that has an image source open, on the
+/// source's host. The image must be raw.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(examples(json!({"monitor": "/run/vm1/qmp.sock", "node": "drive0"})))]
+pub struct QemuBody {
+    /// Its QMP monitor socket.
+    #[schema(min_length = 1)]
+    pub monitor: String,
+    /// The image's block node (`node-name`).
+    #[schema(min_length = 1)]
+    pub node: String,
+    /// The socket of an NBD server the qemu already runs (it runs at most one); without it,
+    /// replicas start one.
+    pub nbd: Option<String>,
+}
+
+impl From<QemuBody> for arca_events::QemuDisk {
+    fn from(body: QemuBody) -> Self {
+        arca_events::QemuDisk { monitor: body.monitor, node: body.node, nbd: body.nbd }
+    }
 }
 
 /// Add a source (tenant admins).
@@ -584,7 +610,7 @@ pub async fn create_source(
     _tenant: web::Query<TenantParams>,
     body: web::Json<CreateSource>,
 ) -> Result<HttpResponse> {
-    let CreateSource { name, kind, host, paths, excludes, site, pre_hook, post_hook } = body.into_inner();
+    let CreateSource { name, kind, host, paths, excludes, site, pre_hook, post_hook, qemu } = body.into_inner();
     let kind = match kind {
         SourceKindBody::Files => SourceKind::Files,
         SourceKindBody::Image => SourceKind::Image,
@@ -592,7 +618,8 @@ pub async fn create_source(
     };
     let host = host.unwrap_or_else(|| "localhost".into());
     let id = SourceId::new();
-    let command = SourceCommand::Add { name, kind, host, paths, excludes, site, pre_hook, post_hook };
+    let qemu = qemu.map(Into::into);
+    let command = SourceCommand::Add { name, kind, host, paths, excludes, site, pre_hook, post_hook, qemu };
     state.store.execute::<Source>(auth.tenant, id, &command, &command_metadata()).await?;
     Ok(created(id))
 }

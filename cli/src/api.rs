@@ -24,7 +24,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::control::RetentionArgs;
+use crate::control::{QemuArgs, RetentionArgs};
 
 /// Which saved profile to use.
 #[derive(Args, Clone, Debug)]
@@ -130,6 +130,7 @@ pub enum SourceField {
     Site,
     PreHook,
     PostHook,
+    Qemu,
 }
 
 #[derive(Subcommand, Debug)]
@@ -159,6 +160,8 @@ pub enum SourcesCommand {
         /// Command run after the backup, whatever happened
         #[arg(long)]
         post_hook: Option<String>,
+        #[command(flatten)]
+        qemu: QemuArgs,
     },
     /// Show a source and its version
     Show { source: SourceId },
@@ -179,6 +182,8 @@ pub enum SourcesCommand {
         pre_hook: Option<String>,
         #[arg(long)]
         post_hook: Option<String>,
+        #[command(flatten)]
+        qemu: QemuArgs,
         /// Empty a field (repeatable)
         #[arg(long, value_enum)]
         clear: Vec<SourceField>,
@@ -684,7 +689,7 @@ pub fn sources(arg: &ProfileArg, command: SourcesCommand, json: bool) -> Result<
     runtime()?.block_on(async {
         match command {
             SourcesCommand::List => unreachable!("listed above"),
-            SourcesCommand::Add { name, paths, kind, host, exclude, site, pre_hook, post_hook } => {
+            SourcesCommand::Add { name, paths, kind, host, exclude, site, pre_hook, post_hook, qemu } => {
                 let kind = match kind {
                     SourceKindArg::Files => "files",
                     SourceKindArg::Image => "image",
@@ -692,12 +697,23 @@ pub fn sources(arg: &ProfileArg, command: SourcesCommand, json: bool) -> Result<
                 };
                 let body = json!({
                     "name": name, "kind": kind, "host": host, "paths": paths, "excludes": exclude,
-                    "site": site, "pre_hook": pre_hook, "post_hook": post_hook,
+                    "site": site, "pre_hook": pre_hook, "post_hook": post_hook, "qemu": qemu.disk(),
                 });
                 add(&client, "sources", body, json).await
             }
             SourcesCommand::Show { source } => show(&client, "sources", &source.to_string(), json).await,
-            SourcesCommand::Update { source, name, paths, exclude, site, pre_hook, post_hook, clear, if_match } => {
+            SourcesCommand::Update {
+                source,
+                name,
+                paths,
+                exclude,
+                site,
+                pre_hook,
+                post_hook,
+                qemu,
+                clear,
+                if_match,
+            } => {
                 update(&client, "sources", &source.to_string(), if_match.if_match, json, |current| {
                     let keep = |given: &Option<String>, field: SourceField, key: &str| {
                         if clear.contains(&field) {
@@ -705,6 +721,11 @@ pub fn sources(arg: &ProfileArg, command: SourcesCommand, json: bool) -> Result<
                         } else {
                             given.clone().map(Value::String).unwrap_or_else(|| current[key].clone())
                         }
+                    };
+                    let qemu = match qemu.disk() {
+                        _ if clear.contains(&SourceField::Qemu) => Value::Null,
+                        Some(disk) => json!(disk),
+                        None => current["qemu"].clone(),
                     };
                     let excludes = if clear.contains(&SourceField::Excludes) {
                         json!([])
@@ -720,6 +741,7 @@ pub fn sources(arg: &ProfileArg, command: SourcesCommand, json: bool) -> Result<
                         "site": keep(&site, SourceField::Site, "site"),
                         "pre_hook": keep(&pre_hook, SourceField::PreHook, "pre_hook"),
                         "post_hook": keep(&post_hook, SourceField::PostHook, "post_hook"),
+                        "qemu": qemu,
                     })
                 })
                 .await

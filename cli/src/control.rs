@@ -15,8 +15,8 @@ use arca_domain::source::{Source, SourceCommand};
 use arca_domain::target::TargetCommand;
 use arca_domain::tenant::TenantCommand;
 use arca_events::{
-    BackupMode, JobId, JobKind, Metadata, Misfire, PolicyId, RestoreDestination, Retention, Schedule, SnapshotId,
-    SourceId, SourceKind, TargetId, TargetKind, TenantId, Trigger,
+    BackupMode, JobId, JobKind, Metadata, Misfire, PolicyId, QemuDisk, RestoreDestination, Retention, Schedule,
+    SnapshotId, SourceId, SourceKind, TargetId, TargetKind, TenantId, Trigger,
 };
 use arca_worker::keys::ServerKey;
 use arca_worker::targets::TargetCredentials;
@@ -108,6 +108,8 @@ pub enum SourceCommandArgs {
         /// Leave out what matches (repeatable), as `arca backup --exclude`
         #[arg(long, value_name = "PATTERN")]
         exclude: Vec<String>,
+        #[command(flatten)]
+        qemu: QemuArgs,
     },
 }
 
@@ -128,6 +130,28 @@ pub enum PolicyCommandArgs {
         tenant: TenantArg,
         policy: PolicyId,
     },
+}
+
+/// The running qemu that has an image source open, as flags (`arca source add` and `arca
+/// sources add|update`): replicas then copy only the blocks qemu marks as written.
+#[derive(Args, Clone, Debug, Default)]
+pub struct QemuArgs {
+    /// QMP monitor socket of a running qemu that has the (raw) image open
+    #[arg(long, requires = "qemu_node", value_name = "SOCKET")]
+    pub qemu_monitor: Option<String>,
+    /// The image's block node (node-name) in that qemu
+    #[arg(long, requires = "qemu_monitor", value_name = "NODE")]
+    pub qemu_node: Option<String>,
+    /// Socket of an NBD server that qemu already runs (otherwise replicas start one)
+    #[arg(long, requires = "qemu_monitor", value_name = "SOCKET")]
+    pub qemu_nbd: Option<String>,
+}
+
+impl QemuArgs {
+    pub fn disk(&self) -> Option<QemuDisk> {
+        let (monitor, node) = (self.qemu_monitor.clone()?, self.qemu_node.clone()?);
+        Some(QemuDisk { monitor, node, nbd: self.qemu_nbd.clone() })
+    }
 }
 
 /// A policy's retention rules as flags (`arca policy create` and `arca policies add|update`).
@@ -346,7 +370,7 @@ pub fn target(connection: Connection, command: TargetCommandArgs, json: bool) ->
 }
 
 pub fn source(connection: Connection, command: SourceCommandArgs, json: bool) -> Result<u8> {
-    let SourceCommandArgs::Add { tenant, name, paths, kind, host, site, pre_hook, post_hook, exclude } = command;
+    let SourceCommandArgs::Add { tenant, name, paths, kind, host, site, pre_hook, post_hook, exclude, qemu } = command;
     let kind = match kind {
         KindArg::Files => SourceKind::Files,
         KindArg::Image => SourceKind::Image,
@@ -355,7 +379,9 @@ pub fn source(connection: Connection, command: SourceCommandArgs, json: bool) ->
     runtime()?.block_on(async {
         let store = connect(&connection).await?;
         let id = SourceId::new();
-        let command = SourceCommand::Add { name, kind, host, paths, excludes: exclude, site, pre_hook, post_hook };
+        let qemu = qemu.disk();
+        let command =
+            SourceCommand::Add { name, kind, host, paths, excludes: exclude, site, pre_hook, post_hook, qemu };
         store.execute::<Source>(tenant.tenant, id, &command, &Metadata::new_root()).await?;
         print_id(json, "source", id);
         Ok(0)

@@ -218,6 +218,31 @@ pub struct ContentParams {
     pub tenant: Option<Uuid>,
 }
 
+/// How a folder is packed for download.
+#[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ArchiveFormat {
+    /// POSIX tar with PAX times: modes, owners, times to the nanosecond, symlinks.
+    #[default]
+    Tar,
+    /// Zip (deflated, ZIP64 for large files): modes, times to two seconds, symlinks; no
+    /// owners. Opens without extra tools on Windows and macOS.
+    Zip,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ArchiveParams {
+    /// The folder's (or file's) path in the snapshot, e.g. `/home/ann`.
+    #[param(min_length = 1, example = "/home/ann")]
+    pub path: String,
+    /// `tar` unless asked.
+    #[param(inline)]
+    pub format: Option<ArchiveFormat>,
+    pub tenant: Option<Uuid>,
+}
+
 /// Tenants' repositories opened for downloads, kept for a while: opening one derives its key
 /// and loads its index, which a client's run of range requests would otherwise pay each
 /// time. An entry that fails to find a snapshot or path (a snapshot newer than its index, a
@@ -452,30 +477,43 @@ pub async fn file_content(
     Ok(response.streaming(streamed(move |out| copy_range(&reader, start, end, out))))
 }
 
-/// Download a folder of a snapshot (operators and up) as a tar archive streamed straight from
-/// the repository: files, folders and symlinks with their modes, owners and times.
+/// Download a folder of a snapshot (operators and up) as an archive streamed straight from the
+/// repository: a tar (the default) or a zip, with files, folders and symlinks.
 #[utoipa::path(get, path = "/v1/snapshots/{id}/archive", tag = "snapshots",
-    params(("id" = Uuid, Path, description = "The snapshot"), ContentParams),
+    params(("id" = Uuid, Path, description = "The snapshot"), ArchiveParams),
     responses((status = 200, content_type = "application/x-tar", body = Vec<u8>, description = "A tar archive of the folder"),
+        (status = 200, content_type = "application/zip", body = Vec<u8>, description = "A zip archive of the folder (`format=zip`)"),
         (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("api_key" = [])))]
 pub async fn folder_archive(
     auth: Authorized,
     state: Data,
     id: web::Path<Uuid>,
-    query: web::Query<ContentParams>,
+    query: web::Query<ArchiveParams>,
 ) -> Result<HttpResponse> {
-    let (repo, index, node, path) = open_path(&state, &auth, id.into_inner(), query.into_inner().path).await?;
+    let ArchiveParams { path, format, .. } = query.into_inner();
+    let (repo, index, node, path) = open_path(&state, &auth, id.into_inner(), path).await?;
     let top = node.name_lossy();
-    let filename = format!("{}.tar", top.replace(['"', '\\', '/'], "_"));
+    let format = format.unwrap_or_default();
+    let (extension, content_type) = match format {
+        ArchiveFormat::Tar => ("tar", "application/x-tar"),
+        ArchiveFormat::Zip => ("zip", "application/zip"),
+    };
+    let filename = format!("{}.{extension}", top.replace(['"', '\\', '/'], "_"));
     let body = streamed(move |out| {
-        let mut tar = tar::Builder::new(out);
-        tar.follow_symlinks(false);
-        append_node(&mut tar, &repo, &index, top.as_bytes(), &node)?;
+        let mut archive: Box<dyn Archive> = match format {
+            ArchiveFormat::Tar => {
+                let mut tar = tar::Builder::new(out);
+                tar.follow_symlinks(false);
+                Box::new(tar)
+            }
+            ArchiveFormat::Zip => Box::new(zip::ZipWriter::new_stream(out)),
+        };
+        archive.append(&repo, &index, top.as_bytes(), &node)?;
         if let Some(subtree) = node.subtree {
             let loader = arca_repo::repository::TreeLoader::new(&repo, &index);
             walk_tree(&loader, &subtree, top.as_bytes(), &mut |path, node| {
-                append_node(&mut tar, &repo, &index, path, node).map_err(|e| arca_repo::Error::Io {
+                archive.append(&repo, &index, path, node).map_err(|e| arca_repo::Error::Io {
                     op: "archive",
                     path: std::path::PathBuf::from(String::from_utf8_lossy(path).into_owned()),
                     source: e,
@@ -484,13 +522,81 @@ pub async fn folder_archive(
             })
             .map_err(std::io::Error::other)?;
         }
-        tar.into_inner()?.flush()
+        archive.finish()
     });
-    tracing::debug!(%path, "streaming a folder as tar");
+    tracing::debug!(%path, ?format, "streaming a folder as an archive");
     Ok(HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "application/x-tar"))
+        .insert_header((header::CONTENT_TYPE, content_type))
         .insert_header((header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")))
         .streaming(body))
+}
+
+/// An archive being written: nodes go in one by one, in the order of a walk.
+trait Archive {
+    /// Adds one node at `path` (relative, `/`-separated bytes).
+    fn append(&mut self, repo: &Repository, index: &Arc<Index>, path: &[u8], node: &Node) -> std::io::Result<()>;
+
+    /// Writes what ends the archive and flushes it.
+    fn finish(self: Box<Self>) -> std::io::Result<()>;
+}
+
+impl<W: Write> Archive for tar::Builder<W> {
+    fn append(&mut self, repo: &Repository, index: &Arc<Index>, path: &[u8], node: &Node) -> std::io::Result<()> {
+        append_node(self, repo, index, path, node)
+    }
+
+    fn finish(self: Box<Self>) -> std::io::Result<()> {
+        self.into_inner()?.flush()
+    }
+}
+
+impl<W: Write> Archive for zip::ZipWriter<zip::write::StreamWriter<W>> {
+    fn append(&mut self, repo: &Repository, index: &Arc<Index>, path: &[u8], node: &Node) -> std::io::Result<()> {
+        let path = String::from_utf8_lossy(path.strip_prefix(b"/").unwrap_or(path)).into_owned();
+        let options = zip::write::SimpleFileOptions::default()
+            .unix_permissions(node.mode & 0o7777)
+            .last_modified_time(zip_time(node.mtime_ns))
+            .large_file(node.size >= u64::from(u32::MAX));
+        match node.kind {
+            NodeKind::Dir => self.add_directory(format!("{path}/"), options)?,
+            NodeKind::Symlink => {
+                let target = String::from_utf8_lossy(node.link_target.as_deref().unwrap_or_default()).into_owned();
+                self.add_symlink(path, target, options)?;
+            }
+            NodeKind::File => {
+                self.start_file(path, options.compression_method(zip::CompressionMethod::Deflated))?;
+                let reader = FileReader::new(repo.clone(), index.clone(), node).map_err(std::io::Error::other)?;
+                std::io::copy(&mut FileRead { reader, offset: 0 }, self)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> std::io::Result<()> {
+        zip::ZipWriter::finish(*self)?.into_inner().flush()
+    }
+}
+
+/// A zip entry's time (local, to two seconds, 1980 to 2107) from nanoseconds since the epoch:
+/// UTC is used, as the archive does not say which zone it is in.
+fn zip_time(mtime_ns: i64) -> zip::DateTime {
+    use chrono::{Datelike, Timelike};
+    let at = chrono::DateTime::from_timestamp(mtime_ns.div_euclid(1_000_000_000), 0).unwrap_or_default();
+    let part = |value: u32| u8::try_from(value).unwrap_or(0);
+    u16::try_from(at.year())
+        .ok()
+        .and_then(|year| {
+            zip::DateTime::from_date_and_time(
+                year,
+                part(at.month()),
+                part(at.day()),
+                part(at.hour()),
+                part(at.minute()),
+                part(at.second()),
+            )
+            .ok()
+        })
+        .unwrap_or_default()
 }
 
 /// Adds one node at `path` (relative, `/`-separated bytes) to the archive.

@@ -177,6 +177,8 @@ pub struct ReplaceSource {
     pub site: Option<String>,
     pub pre_hook: Option<String>,
     pub post_hook: Option<String>,
+    /// For an image a running qemu has open (see adding a source).
+    pub qemu: Option<super::QemuBody>,
 }
 
 /// Replace a source's name, paths, excludes, site and hooks (tenant admins; honours
@@ -196,8 +198,9 @@ pub async fn replace_source(
 ) -> Result<HttpResponse> {
     let expected = if_match(&req)?;
     let id = SourceId::from(id.into_inner());
-    let ReplaceSource { name, paths, excludes, site, pre_hook, post_hook } = body.into_inner();
-    let command = SourceCommand::Update { name, paths, excludes, site, pre_hook, post_hook };
+    let ReplaceSource { name, paths, excludes, site, pre_hook, post_hook, qemu } = body.into_inner();
+    let qemu = qemu.map(Into::into);
+    let command = SourceCommand::Update { name, paths, excludes, site, pre_hook, post_hook, qemu };
     let committed =
         state.store.execute_expecting::<Source>(auth.tenant, id, &command, &command_metadata(), expected).await?;
     Ok(replaced(id, committed.version.sequence))

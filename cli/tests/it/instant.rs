@@ -203,7 +203,7 @@ fn an_image_snapshot_is_served_over_nbd_to_qemu_and_writes_stay_in_an_overlay() 
 }
 
 #[test]
-fn files_download_with_range_requests_and_folders_as_tar() {
+fn files_download_with_range_requests_and_folders_as_tar_or_zip() {
     let work = tempfile::tempdir().unwrap();
     let source = work.path().join("src");
     write(&source.join("a/one.bin"), &noise(3 << 20, 1));
@@ -260,6 +260,22 @@ fn files_download_with_range_requests_and_folders_as_tar() {
     std::io::Write::write_all(untar.stdin.as_mut().unwrap(), &tar).unwrap();
     assert!(untar.wait().unwrap().success());
     assert_same_tree(&source, &unpacked.join("src"));
+
+    // The same folder as zip: Info-ZIP's unzip unpacks the same files, modes and symlink.
+    let zip = work.path().join("src.zip");
+    std::fs::write(&zip, curl(&[], &format!("{archive}&format=zip"))).unwrap();
+    let unzipped = work.path().join("unzipped");
+    checked(Command::new("unzip").arg("-q").arg(&zip).arg("-d").arg(&unzipped));
+    for file in ["a/one.bin", "a/two.txt", "b/deep/three.bin"] {
+        let (original, unpacked) = (source.join(file), unzipped.join("src").join(file));
+        assert!(std::fs::read(&original).unwrap() == std::fs::read(&unpacked).unwrap(), "{file} differs");
+        let mode =
+            |path: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions());
+        assert_eq!(mode(&original), mode(&unpacked), "{file}'s mode");
+    }
+    assert_eq!(std::fs::read_link(unzipped.join("src/b/link")).unwrap(), Path::new("../a/two.txt"));
+    let (code, problem) = api.call("GET", &format!("{archive}&format=rar"), None);
+    assert_eq!(code, 400, "an unknown format is refused: {problem}");
 
     // The gateway keeps the repository open between downloads; a snapshot taken since is
     // still found, with its new content, and the first one still reads as it was.

@@ -292,3 +292,126 @@ fn a_replica_on_an_object_store_keeps_points_that_restore() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// `qemu-storage-daemon` with `image` open as node `drive0`: its QMP monitors at `qmp.sock`
+/// (for the replica) and `test.sock` (for the test), and an NBD server at `nbd.sock` exporting the image writable as `vm` (the guest's disk).
+struct StorageDaemon(std::process::Child);
+
+impl StorageDaemon {
+    fn start(dir: &Path, image: &Path) -> StorageDaemon {
+        let child = Command::new("qemu-storage-daemon")
+            .arg("--blockdev")
+            .arg(format!("driver=file,filename={},node-name=drive0", image.display()))
+            .arg("--chardev")
+            .arg(format!("socket,path={},server=on,wait=off,id=qmp0", dir.join("qmp.sock").display()))
+            .args(["--monitor", "chardev=qmp0", "--chardev"])
+            .arg(format!("socket,path={},server=on,wait=off,id=qmp1", dir.join("test.sock").display()))
+            .args(["--monitor", "chardev=qmp1", "--nbd-server"])
+            .arg(format!("addr.type=unix,addr.path={}", dir.join("nbd.sock").display()))
+            .args(["--export", "type=nbd,id=vm,node-name=drive0,name=vm,writable=on"])
+            .spawn()
+            .expect("qemu-storage-daemon (qemu-utils) runs");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(dir.join("qmp.sock").exists() && dir.join("nbd.sock").exists()) {
+            assert!(Instant::now() < deadline, "qemu-storage-daemon did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        StorageDaemon(child)
+    }
+}
+
+impl Drop for StorageDaemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn an_image_open_in_qemu_is_replicated_through_its_dirty_bitmaps() {
+    let work = tempfile::tempdir().unwrap();
+    let (vm, standby) = (work.path().join("vm"), work.path().join("standby"));
+    let image = vm.join("disk.raw");
+    write(&image, &noise(16 << 20, 7));
+    let _daemon = StorageDaemon::start(&vm, &image);
+    let platform = Platform::new().all_in_one();
+    let tenant = platform.arca(&["tenant", "create", "acme"]);
+    let api = platform.api();
+    let call = |method: &str, path: &str, body: Option<Value>| curl(&api, method, path, &tenant, body);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while call("GET", "/v1/sources", None).0 != 200 {
+        assert!(Instant::now() < deadline, "the API never accepted the bootstrap key");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let qemu = json!({ "monitor": vm.join("qmp.sock"), "node": "drive0", "nbd": vm.join("nbd.sock") });
+
+    // Only an image source is tracked through qemu.
+    let (code, problem) =
+        call("POST", "/v1/sources", Some(json!({ "name": "vm", "kind": "files", "paths": [vm], "qemu": qemu })));
+    assert_eq!((code, problem["code"].as_str()), (422, Some("invalid")), "{problem}");
+    let (code, created) =
+        call("POST", "/v1/sources", Some(json!({ "name": "vm", "kind": "image", "paths": [image], "qemu": qemu })));
+    assert_eq!(code, 201, "{created}");
+    let source = created["id"].as_str().unwrap().to_owned();
+    let (_, shown) = call("GET", &format!("/v1/sources/{source}"), None);
+    assert_eq!(shown["qemu"], qemu, "{shown}");
+    let (code, created) = call(
+        "POST",
+        "/v1/replicas",
+        Some(json!({ "name": "vm-standby", "source": source,
+                     "destination": { "type": "directory", "path": standby }, "rpo_seconds": 5, "keep_points": 2 })),
+    );
+    assert_eq!(code, 201, "{created}");
+    let live = standby.join("live/disk.raw");
+    let same = || std::fs::read(&image).ok() == std::fs::read(&live).ok();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !same() {
+        assert!(Instant::now() < deadline, "the initial copy never matched\n{}", platform.log("server"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The guest writes through qemu (qemu-io over NBD); the replica follows.
+    let url = format!("nbd+unix:///vm?socket={}", vm.join("nbd.sock").display());
+    for (round, offset) in [(1u8, 0u64), (2, 3 << 20), (3, (15 << 20) + 4096)] {
+        let pattern = format!("write -P {round} {offset} 65536");
+        let written =
+            Command::new("qemu-io").args(["-f", "raw", &url, "-c", &pattern, "-c", "flush"]).output().unwrap();
+        assert!(written.status.success(), "{}", String::from_utf8_lossy(&written.stderr));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !same() {
+            assert!(Instant::now() < deadline, "write {round} never reached the replica\n{}", platform.log("server"));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // The replica follows through a dirty bitmap of its own on the image's node.
+    let replica = created["id"].as_str().unwrap().replace('-', "");
+    let bitmaps = qmp_bitmaps(&vm.join("test.sock"));
+    assert!(bitmaps.iter().any(|b| b.starts_with(&format!("arca-{replica}-"))), "{bitmaps:?}");
+}
+
+/// The names of node `drive0`'s dirty bitmaps, asked over QMP.
+fn qmp_bitmaps(monitor: &Path) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::os::unix::net::UnixStream::connect(monitor).unwrap();
+    let mut lines = BufReader::new(stream.try_clone().unwrap()).lines();
+    lines.next().unwrap().unwrap(); // the greeting
+    let mut ask = |command: &str| -> Value {
+        (&stream).write_all(format!("{command}\n").as_bytes()).unwrap();
+        loop {
+            let reply: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+            if reply.get("return").is_some() {
+                return reply;
+            }
+        }
+    };
+    ask(r#"{"execute":"qmp_capabilities"}"#);
+    let nodes = ask(r#"{"execute":"query-named-block-nodes","arguments":{"flat":true}}"#);
+    nodes["return"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["node-name"] == "drive0")
+        .flat_map(|n| n["dirty-bitmaps"].as_array().cloned().unwrap_or_default())
+        .map(|b| b["name"].as_str().unwrap().to_owned())
+        .collect()
+}

@@ -102,6 +102,7 @@ fn spans_of_the_gateway_scheduler_transport_and_storage_share_one_trace() {
             site: None,
             pre_hook: None,
             post_hook: None,
+            qemu: None,
         };
         store.execute::<arca_domain::source::Source>(tenant, source, &add, &meta).await.unwrap();
         let policy_id = PolicyId::new();

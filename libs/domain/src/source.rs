@@ -5,7 +5,7 @@
 //! database names for [`SourceKind::Postgres`]. The kind and host are fixed when the source is
 //! added.
 
-use arca_events::{AggregateType, Event, SourceAdded, SourceKind, SourceRemoved, SourceUpdated};
+use arca_events::{AggregateType, Event, QemuDisk, SourceAdded, SourceKind, SourceRemoved, SourceUpdated};
 
 use crate::{Aggregate, Context, DomainError, Lifecycle, validate};
 
@@ -25,6 +25,8 @@ pub struct Source {
     pub site: Option<String>,
     pub pre_hook: Option<String>,
     pub post_hook: Option<String>,
+    /// For an image a running qemu has open: where to ask it for changed blocks.
+    pub qemu: Option<QemuDisk>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +40,7 @@ pub enum SourceCommand {
         site: Option<String>,
         pre_hook: Option<String>,
         post_hook: Option<String>,
+        qemu: Option<QemuDisk>,
     },
     /// Replaces everything but the kind and host.
     Update {
@@ -47,6 +50,7 @@ pub enum SourceCommand {
         site: Option<String>,
         pre_hook: Option<String>,
         post_hook: Option<String>,
+        qemu: Option<QemuDisk>,
     },
     Remove,
 }
@@ -58,11 +62,11 @@ impl Aggregate for Source {
     fn handle(&self, command: &SourceCommand, ctx: &Context) -> Result<Vec<Event>, DomainError> {
         ctx.tenant.require_exists()?;
         match command {
-            SourceCommand::Add { name, kind, host, paths, excludes, site, pre_hook, post_hook } => {
+            SourceCommand::Add { name, kind, host, paths, excludes, site, pre_hook, post_hook, qemu } => {
                 self.status.require_missing(AggregateType::Source)?;
                 let name = validate::name("name", name)?;
                 check_host(host)?;
-                let definition = Definition { kind: *kind, paths, excludes, site, pre_hook, post_hook };
+                let definition = Definition { kind: *kind, paths, excludes, site, pre_hook, post_hook, qemu };
                 definition.check()?;
                 let added = SourceAdded {
                     name,
@@ -73,16 +77,17 @@ impl Aggregate for Source {
                     site: site.clone(),
                     pre_hook: pre_hook.clone(),
                     post_hook: post_hook.clone(),
+                    qemu: qemu.clone(),
                 };
                 Ok(vec![added.into()])
             }
-            SourceCommand::Update { name, paths, excludes, site, pre_hook, post_hook } => {
+            SourceCommand::Update { name, paths, excludes, site, pre_hook, post_hook, qemu } => {
                 self.status.require_active(AggregateType::Source)?;
                 let Some(kind) = self.kind else {
                     return Err(DomainError::NotFound { aggregate: AggregateType::Source });
                 };
                 let name = validate::name("name", name)?;
-                Definition { kind, paths, excludes, site, pre_hook, post_hook }.check()?;
+                Definition { kind, paths, excludes, site, pre_hook, post_hook, qemu }.check()?;
                 let updated = SourceUpdated {
                     name,
                     paths: paths.clone(),
@@ -90,6 +95,7 @@ impl Aggregate for Source {
                     site: site.clone(),
                     pre_hook: pre_hook.clone(),
                     post_hook: post_hook.clone(),
+                    qemu: qemu.clone(),
                 };
                 if self.unchanged_by(&updated) {
                     return Ok(vec![]);
@@ -115,6 +121,7 @@ impl Aggregate for Source {
                 self.site.clone_from(&e.site);
                 self.pre_hook.clone_from(&e.pre_hook);
                 self.post_hook.clone_from(&e.post_hook);
+                self.qemu.clone_from(&e.qemu);
             }
             Event::SourceUpdated(e) => {
                 self.name.clone_from(&e.name);
@@ -123,6 +130,7 @@ impl Aggregate for Source {
                 self.site.clone_from(&e.site);
                 self.pre_hook.clone_from(&e.pre_hook);
                 self.post_hook.clone_from(&e.post_hook);
+                self.qemu.clone_from(&e.qemu);
             }
             Event::SourceRemoved(_) => self.status = Lifecycle::Removed,
             _ => {}
@@ -138,6 +146,7 @@ impl Source {
             && self.site == update.site
             && self.pre_hook == update.pre_hook
             && self.post_hook == update.post_hook
+            && self.qemu == update.qemu
     }
 }
 
@@ -149,6 +158,7 @@ struct Definition<'a> {
     site: &'a Option<String>,
     pre_hook: &'a Option<String>,
     post_hook: &'a Option<String>,
+    qemu: &'a Option<QemuDisk>,
 }
 
 impl Definition<'_> {
@@ -168,6 +178,22 @@ impl Definition<'_> {
                 if hook.contains('\0') {
                     return Err(DomainError::invalid(field, "must not contain NUL"));
                 }
+            }
+        }
+        if let Some(qemu) = self.qemu {
+            if self.kind != SourceKind::Image {
+                return Err(DomainError::invalid("qemu", "only an image source is tracked through qemu"));
+            }
+            validate::absolute_path("qemu.monitor", &qemu.monitor)?;
+            if let Some(nbd) = &qemu.nbd {
+                validate::absolute_path("qemu.nbd", nbd)?;
+            }
+            validate::not_blank("qemu.node", &qemu.node)?;
+            if qemu.node.len() > 127 || !qemu.node.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(DomainError::invalid(
+                    "qemu.node",
+                    "a qemu node name: up to 127 letters, digits, -, _ and .",
+                ));
             }
         }
         Ok(())
@@ -220,6 +246,7 @@ mod tests {
             site: None,
             pre_hook: None,
             post_hook: None,
+            qemu: None,
         }
     }
 
@@ -234,6 +261,7 @@ mod tests {
             site: site.map(String::from),
             pre_hook: pre_hook.map(String::from),
             post_hook: post_hook.map(String::from),
+            qemu: None,
         }
     }
 
@@ -247,6 +275,7 @@ mod tests {
             site: Some("berlin-dc".into()),
             pre_hook: None,
             post_hook: None,
+            qemu: None,
         }
         .into()
     }
@@ -259,6 +288,7 @@ mod tests {
             site: Some("berlin-dc".into()),
             pre_hook: None,
             post_hook: None,
+            qemu: None,
         }
     }
 
@@ -317,6 +347,7 @@ mod tests {
                 site,
                 pre_hook,
                 post_hook,
+                qemu: None,
             },
             _ => unreachable!(),
         };
@@ -325,6 +356,30 @@ mod tests {
             .then_expect_ok();
         for bad in ["cache/[oops", "a{b", " ", "../up"] {
             AggregateTest::<Source>::given(vec![]).when(with(&[bad])).then_expect_invalid("excludes");
+        }
+    }
+
+    #[test]
+    fn only_an_image_source_is_tracked_through_qemu_by_absolute_sockets_and_a_node_name() {
+        let tracked = |kind: SourceKind, monitor: &str, node: &str, nbd: Option<&str>| {
+            let mut command = add(kind, &["/srv/vm/disk.raw"]);
+            if let SourceCommand::Add { qemu, .. } = &mut command {
+                *qemu = Some(QemuDisk { monitor: monitor.into(), node: node.into(), nbd: nbd.map(String::from) });
+            }
+            command
+        };
+        let state = AggregateTest::<Source>::given(vec![])
+            .when(tracked(SourceKind::Image, "/run/vm/qmp.sock", "drive-virtio0", Some("/run/vm/nbd.sock")))
+            .then_expect_ok();
+        assert_eq!(state.qemu.map(|q| q.node).as_deref(), Some("drive-virtio0"));
+        for (field, command) in [
+            ("qemu", tracked(SourceKind::Files, "/run/vm/qmp.sock", "drive0", None)),
+            ("qemu.monitor", tracked(SourceKind::Image, "qmp.sock", "drive0", None)),
+            ("qemu.nbd", tracked(SourceKind::Image, "/run/vm/qmp.sock", "drive0", Some("nbd.sock"))),
+            ("qemu.node", tracked(SourceKind::Image, "/run/vm/qmp.sock", " ", None)),
+            ("qemu.node", tracked(SourceKind::Image, "/run/vm/qmp.sock", "drive 0", None)),
+        ] {
+            AggregateTest::<Source>::given(vec![]).when(command).then_expect_invalid(field);
         }
     }
 
@@ -353,6 +408,7 @@ mod tests {
                     site: Some("berlin-dc".into()),
                     pre_hook: None,
                     post_hook: None,
+                    qemu: None,
                 }
                 .into(),
             ]);

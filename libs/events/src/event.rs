@@ -240,6 +240,21 @@ pub struct SourceAdded {
     pub pre_hook: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_hook: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu: Option<QemuDisk>,
+}
+
+/// The running qemu (a VM, or `qemu-storage-daemon`) that has an image source open: replicas
+/// then ask it which blocks changed instead of reading the whole image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QemuDisk {
+    /// Its QMP monitor socket.
+    pub monitor: String,
+    /// The image's block node (`node-name`).
+    pub node: String,
+    /// The socket of an NBD server it already runs; without one, replicas start one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,6 +269,8 @@ pub struct SourceUpdated {
     pub pre_hook: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_hook: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu: Option<QemuDisk>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,11 +14,13 @@
 //!    1 MiB blocks every second. Each change's lag is taken from the writer's side (written →
 //!    seen with its content in the mirror, polled every 2 ms) and each pass's `Pass::lag()`
 //!    from the engine's;
+//!    (c) the same image held open by `qemu-storage-daemon`, the guest's writes coming over
+//!    NBD, followed through qemu's dirty bitmaps (`arca_replica::Tracked`);
 //! 3. an incremental `arca_repo::backup` of the same sources after one second's worth of the
 //!    same changes (previous snapshot as parent), against the replica's p99 lag.
 //!
 //! Prints Markdown tables. Usage:
-//! `bench-recovery [--only recovery,files,image] [--runs N] [--image-mib N] [--seconds N]`.
+//! `bench-recovery [--only recovery,files,image,image-qemu] [--runs N] [--image-mib N] [--seconds N]`.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -32,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use arca_recovery::nbd::{NbdServer, name_hash};
-use arca_replica::{Behind, FollowSettings, Mirror, Pass, follow};
+use arca_replica::{Behind, FollowSettings, Mirror, Pass, QemuDisk, Replicator, Tracked, follow, nbd};
 use arca_repo::backup::{BackupOptions, BackupSource, IMAGE_BLOCK, backup};
 use arca_repo::reader::{FileReader, image_node};
 use arca_repo::restore::{RestoreOptions, restore};
@@ -49,8 +51,8 @@ const GIVE_UP: Duration = Duration::from_secs(60);
 
 #[derive(Parser)]
 struct Args {
-    /// Which parts to run: recovery, files, image.
-    #[arg(long, value_delimiter = ',', default_value = "recovery,files,image")]
+    /// Which parts to run: recovery, files, image, image-qemu.
+    #[arg(long, value_delimiter = ',', default_value = "recovery,files,image,image-qemu")]
     only: Vec<String>,
     /// Interleaved runs of the restore and the export, and incremental backups per source.
     #[arg(long, default_value_t = 5)]
@@ -88,7 +90,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     for part in &args.only {
-        anyhow::ensure!(["recovery", "files", "image"].contains(&part.as_str()), "unknown part `{part}`");
+        anyhow::ensure!(["recovery", "files", "image", "image-qemu"].contains(&part.as_str()), "unknown part `{part}`");
     }
     anyhow::ensure!(args.runs > 0 && args.image_mib >= 8 && args.seconds > 0, "nothing to measure");
     let dir = args
@@ -148,11 +150,41 @@ fn run(args: &Args, dir: &Path) -> anyhow::Result<()> {
         fs::create_dir_all(source.parent().expect("a folder"))?;
         fs::copy(&image, &source)?;
         let blocks = ((args.image_mib as f64 * args.image_change_percent / 100.0).round() as usize).max(1);
-        let lag = image_lag(&settings, &source, &dir.join("image-replica/dst/disk.img"), blocks, args.seconds)?;
+        let dest = dir.join("image-replica/dst/disk.img");
+        let image = OpenOptions::new().write(true).open(&source)?;
+        let mut write = |at, data: &[u8]| image.write_all_at(data, at);
+        let lag =
+            image_lag(&settings, &Mirror::new(&source, &dest), (&source, &dest), &mut write, blocks, args.seconds)?;
         let backups = image_backups(&dir.join("image-replica"), &source, blocks, args.runs)?;
         replicas.push(Replica {
             name: format!(
                 "{} MiB image, {blocks} random 1 MiB blocks ({} %) rewritten per second for {} s",
+                args.image_mib, args.image_change_percent, args.seconds
+            ),
+            target: Duration::from_secs(5),
+            lag,
+            backups,
+            load: mark.report(),
+        });
+    }
+    if args.only.iter().any(|p| p == "image-qemu") {
+        let mark = CpuMark::now();
+        let work = dir.join("image-qemu");
+        let (source, dest) = (work.join("src/disk.img"), work.join("dst/disk.img"));
+        fs::create_dir_all(source.parent().expect("a folder"))?;
+        fs::copy(&image, &source)?;
+        let blocks = ((args.image_mib as f64 * args.image_change_percent / 100.0).round() as usize).max(1);
+        let lag = {
+            let daemon = StorageDaemon::start(&work, &source)?;
+            let tracked = Tracked::open(Mirror::new(&source, &dest), daemon.disk(), "arca-bench")?;
+            let mut guest = nbd::Client::connect(&work.join("nbd.sock"), "vm", None)?;
+            let mut write = |at, data: &[u8]| guest.write_at(at, data);
+            image_lag(&settings, &tracked, (&source, &dest), &mut write, blocks, args.seconds)?
+        };
+        let backups = image_backups(&work, &source, blocks, args.runs)?;
+        replicas.push(Replica {
+            name: format!(
+                "{} MiB image open in qemu-storage-daemon, changed blocks from its dirty bitmap; {blocks} random 1 MiB blocks ({} %) written by the guest over NBD per second for {} s",
                 args.image_mib, args.image_change_percent, args.seconds
             ),
             target: Duration::from_secs(5),
@@ -393,11 +425,9 @@ struct Pending {
 /// sends one [`Pending`] per change), measuring every change's lag.
 fn measure_lag(
     settings: &FollowSettings,
-    source: &Path,
-    dest: &Path,
+    mirror: &(dyn Replicator + Sync),
     write: impl FnOnce(&mpsc::Sender<Pending>) -> anyhow::Result<f64>,
 ) -> anyhow::Result<Lag> {
-    let mirror = Mirror::new(source, dest);
     let stop = AtomicBool::new(false);
     let passes: Mutex<Vec<Pass>> = Mutex::default();
     let (first_pass, first_passed) = mpsc::channel::<()>();
@@ -405,7 +435,7 @@ fn measure_lag(
         let started = Instant::now();
         let follower = scope.spawn(|| {
             let mut first = Some(first_pass);
-            follow(&mirror, settings, &stop, &Behind::default(), |pass| {
+            follow(mirror, settings, &stop, &Behind::default(), |pass| {
                 if let Some(first) = first.take() {
                     let _ = first.send(());
                 } else if pass.stats.changed() {
@@ -534,7 +564,7 @@ fn small_files_lag(
     let (source, dest) = (dir.join("src"), dir.join("dst"));
     let mut rng = Rng::new(11);
     let mut files = small_files_tree(&source, tree_files, &mut rng)?;
-    let lag = measure_lag(settings, &source, &dest, |changes| {
+    let lag = measure_lag(settings, &Mirror::new(&source, &dest), |changes| {
         let total = rate * seconds;
         let started = Instant::now();
         for i in 0..total {
@@ -597,33 +627,46 @@ fn stamp(round: u64, k: usize) -> [u8; 16] {
     stamp
 }
 
-/// Rewrites `blocks` random 1 MiB blocks of the open image; returns each block's number and stamp.
-fn rewrite_blocks(image: &File, rng: &mut Rng, round: u64, blocks: usize) -> anyhow::Result<Vec<(u64, [u8; 16])>> {
-    let count = image.metadata()?.len() / MIB as u64;
+/// How the guest writes to the image: straight into the file, or through qemu over NBD.
+type WriteAt<'a> = &'a mut dyn FnMut(u64, &[u8]) -> std::io::Result<()>;
+
+/// Rewrites `blocks` random 1 MiB blocks of an image of `size` bytes; returns each block's
+/// number and stamp.
+fn rewrite_blocks(
+    write: WriteAt<'_>,
+    size: u64,
+    rng: &mut Rng,
+    round: u64,
+    blocks: usize,
+) -> anyhow::Result<Vec<(u64, [u8; 16])>> {
+    let count = size / MIB as u64;
     let mut written = Vec::with_capacity(blocks);
     for k in 0..blocks {
         let block = rng.below(count);
         let stamp = stamp(round, k);
-        image.write_all_at(&stamped_block(rng, stamp), block * MIB as u64)?;
+        write(block * MIB as u64, &stamped_block(rng, stamp))?;
         written.push((block, stamp));
     }
     Ok(written)
 }
 
+/// The lag of a replica of `source` in `dest` kept by `mirror` while `write` rewrites
+/// `blocks` random 1 MiB blocks every second.
 fn image_lag(
     settings: &FollowSettings,
-    source: &Path,
-    dest: &Path,
+    mirror: &(dyn Replicator + Sync),
+    (source, dest): (&Path, &Path),
+    write: WriteAt<'_>,
     blocks: usize,
     seconds: u64,
 ) -> anyhow::Result<Lag> {
     let mut rng = Rng::new(21);
-    let lag = measure_lag(settings, source, dest, |changes| {
-        let image = OpenOptions::new().write(true).open(source)?;
+    let size = fs::metadata(source)?.len();
+    let lag = measure_lag(settings, mirror, |changes| {
         let started = Instant::now();
         for round in 0..seconds {
             std::thread::sleep((started + Duration::from_secs(round)).saturating_duration_since(Instant::now()));
-            for (block, stamp) in rewrite_blocks(&image, &mut rng, round + 1, blocks)? {
+            for (block, stamp) in rewrite_blocks(write, size, &mut rng, round + 1, blocks)? {
                 let written = Instant::now();
                 let dest = dest.to_path_buf();
                 let seen = move || {
@@ -651,10 +694,11 @@ fn image_backups(dir: &Path, source: &Path, blocks: usize, runs: usize) -> anyho
     let mut parent = backup(&repo, BackupSource::Image(source.to_path_buf()), &BackupOptions::default())?.snapshot_id;
     let full = full_started.elapsed();
     let image = OpenOptions::new().write(true).open(source)?;
+    let size = image.metadata()?.len();
     let mut rng = Rng::new(22);
     let mut times = Vec::new();
     for run in 0..runs {
-        rewrite_blocks(&image, &mut rng, 1_000_000 + run as u64, blocks)?;
+        rewrite_blocks(&mut |at, data| image.write_all_at(data, at), size, &mut rng, 1_000_000 + run as u64, blocks)?;
         let options = BackupOptions { parent: Some(parent.clone()), ..BackupOptions::default() };
         let started = Instant::now();
         parent = backup(&repo, BackupSource::Image(source.to_path_buf()), &options)?.snapshot_id;
@@ -762,6 +806,46 @@ fn median_f64(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted[(sorted.len() - 1) / 2]
+}
+
+/// `qemu-storage-daemon` with an image open as node `drive0`: its monitor at `qmp.sock`, and
+/// an NBD server at `nbd.sock` exporting the image writable as `vm` (the guest's disk).
+struct StorageDaemon {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl StorageDaemon {
+    fn start(dir: &Path, image: &Path) -> anyhow::Result<StorageDaemon> {
+        let child = Command::new("qemu-storage-daemon")
+            .arg("--blockdev")
+            .arg(format!("driver=file,filename={},node-name=drive0", image.display()))
+            .arg("--chardev")
+            .arg(format!("socket,path={},server=on,wait=off,id=qmp0", dir.join("qmp.sock").display()))
+            .args(["--monitor", "chardev=qmp0", "--nbd-server"])
+            .arg(format!("addr.type=unix,addr.path={}", dir.join("nbd.sock").display()))
+            .args(["--export", "type=nbd,id=vm,node-name=drive0,name=vm,writable=on"])
+            .spawn()
+            .context("start qemu-storage-daemon (qemu-utils)")?;
+        let daemon = StorageDaemon { child, dir: dir.to_path_buf() };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(dir.join("qmp.sock").exists() && dir.join("nbd.sock").exists()) {
+            anyhow::ensure!(Instant::now() < deadline, "qemu-storage-daemon did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(daemon)
+    }
+
+    fn disk(&self) -> QemuDisk {
+        QemuDisk { monitor: self.dir.join("qmp.sock"), node: "drive0".into(), nbd: Some(self.dir.join("nbd.sock")) }
+    }
+}
+
+impl Drop for StorageDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 // ---- The disk image ----

@@ -12,7 +12,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial), Box::new(FileIndex)]
+        vec![Box::new(Initial), Box::new(FileIndex), Box::new(SourceQemu)]
     }
 }
 
@@ -176,6 +176,27 @@ impl MigrationTrait for FileIndex {
             .unique();
         manager.create_index(unique).await?;
         Ok(())
+    }
+}
+
+/// `sources.qemu`: the running qemu an image source is tracked through. A database created
+/// since has the column from [`Initial`] already.
+struct SourceQemu;
+
+impl MigrationName for SourceQemu {
+    fn name(&self) -> &str {
+        "m0003_source_qemu"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for SourceQemu {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        if manager.has_column("sources", "qemu").await? {
+            return Ok(());
+        }
+        let column = ColumnDef::new(sources::Column::Qemu).text().null().to_owned();
+        manager.alter_table(Table::alter().table(sources::Entity).add_column(column).to_owned()).await
     }
 }
 

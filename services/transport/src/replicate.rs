@@ -32,7 +32,7 @@ use arca_domain::snapshot::{Snapshot, SnapshotCommand};
 use arca_domain::source::Source;
 use arca_domain::{DomainError, Lifecycle};
 use arca_events::{JobKind, ReplicaDestination, ReplicaId, SourceKind, TargetId, Trigger};
-use arca_replica::{Behind, FollowSettings, Mirror, Replicator, SyncStats, follow};
+use arca_replica::{Behind, FollowSettings, Mirror, QemuDisk, Replicator, SyncStats, Tracked, follow};
 use arca_repo::restore::{RestoreOptions, restore};
 use arca_repo::{BackupOptions, BackupSource, Repository};
 use arca_worker::ids::{follow_up_job_id, replicate_job_id, snapshot_id};
@@ -96,6 +96,8 @@ struct Replicated {
     id: ReplicaId,
     replica: Replica,
     source: PathBuf,
+    /// The running qemu that has the source image open, to ask for changed blocks.
+    qemu: Option<QemuDisk>,
     to: Destination,
 }
 
@@ -139,6 +141,17 @@ async fn load(ctx: &JobContext, folders: &Folders) -> Result<Option<Replicated>,
         }
         _ => return Err(JobError::Permanent(format!("source {} does not exist or was removed", replica.source))),
     };
+    let qemu = match &source.qemu {
+        Some(qemu) => {
+            let socket = |path: &str, what| folders.check(ctx.tenant, Path::new(path), what);
+            Some(QemuDisk {
+                monitor: socket(&qemu.monitor, "the qemu monitor")?,
+                node: qemu.node.clone(),
+                nbd: qemu.nbd.as_deref().map(|nbd| socket(nbd, "the qemu NBD server")).transpose()?,
+            })
+        }
+        None => None,
+    };
     let to = match &replica.destination {
         Some(ReplicaDestination::Directory { path }) => {
             let path = folders.check(ctx.tenant, Path::new(path), "the replica's folder")?;
@@ -147,7 +160,7 @@ async fn load(ctx: &JobContext, folders: &Folders) -> Result<Option<Replicated>,
         Some(ReplicaDestination::Target { target }) => Destination::Target(*target),
         None => return Err(JobError::Permanent(format!("replica {id} has no destination"))),
     };
-    Ok(Some(Replicated { id, replica, source: path, to }))
+    Ok(Some(Replicated { id, replica, source: path, qemu, to }))
 }
 
 fn repo_error(e: arca_repo::Error) -> JobError {
@@ -306,6 +319,15 @@ fn follow_source(
     let _lock = lock_folder(&layout)?;
     let repo = targets.local_repository(ctx.tenant, &layout.points).map_err(repo_error)?;
     let mirror = Mirror::new(&work.source, &layout.live);
+    let replicator: Box<dyn Replicator> = match &work.qemu {
+        Some(qemu) => {
+            let name = format!("arca-{}", work.id.as_uuid().simple());
+            let tracked = Tracked::open(mirror, qemu.clone(), &name)
+                .map_err(|e| io_error("follow the image's changed blocks through qemu", e))?;
+            Box::new(tracked)
+        }
+        None => Box::new(mirror),
+    };
     let point_every = Duration::from_secs((work.replica.rpo_seconds / 2).clamp(1, 300));
     let lag = LagMetrics::new(work.id);
     let mut last_point: Option<Instant> = None;
@@ -317,7 +339,7 @@ fn follow_source(
     let mut dropped = 0;
     let mut outcome = JobOutcome::default();
     let mut failure = None;
-    let followed = follow(&mirror, settings, stop, &behind.passes, |pass| {
+    let followed = follow(replicator.as_ref(), settings, stop, &behind.passes, |pass| {
         if pass.full || pass.stats.changed() {
             dirty.get_or_insert_with(Instant::now);
             settled_since = Instant::now();

@@ -106,6 +106,7 @@ fn sources() {
         site: None,
         pre_hook: None,
         post_hook: None,
+        qemu: None,
     }
     .into();
     check::<Source>(vec![
@@ -120,6 +121,7 @@ fn sources() {
                 site: None,
                 pre_hook: None,
                 post_hook: None,
+                qemu: None,
             },
         ),
         (
@@ -131,6 +133,7 @@ fn sources() {
                 site: None,
                 pre_hook: None,
                 post_hook: None,
+                qemu: None,
             },
         ),
         (vec![added], SourceCommand::Remove),

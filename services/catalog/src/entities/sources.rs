@@ -24,6 +24,10 @@ pub struct Model {
     pub site: Option<String>,
     pub pre_hook: Option<String>,
     pub post_hook: Option<String>,
+    /// JSON object: the running qemu that has an image source open (`monitor`, `node`, `nbd`).
+    #[sea_orm(column_type = "Text", nullable)]
+    #[serde(serialize_with = "crate::entities::json_text_opt")]
+    pub qemu: Option<String>,
     pub version: i64,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,

@@ -192,6 +192,7 @@ impl Tables {
                     site: p.site.clone(),
                     pre_hook: p.pre_hook.clone(),
                     post_hook: p.post_hook.clone(),
+                    qemu: p.qemu.as_ref().map(json),
                     version,
                     created_at: e.time,
                     updated_at: e.time,
@@ -205,6 +206,7 @@ impl Tables {
                     row.site.clone_from(&p.site);
                     row.pre_hook.clone_from(&p.pre_hook);
                     row.post_hook.clone_from(&p.post_hook);
+                    row.qemu = p.qemu.as_ref().map(json);
                 }
             }
             Event::SourceRemoved(_) => self.sources.delete(e),

@@ -248,6 +248,7 @@ fn setup_tenant(h: &mut History, i: usize) -> TenantFacts {
                 site: None,
                 pre_hook: None,
                 post_hook: None,
+                qemu: None,
             },
         );
     }
@@ -261,6 +262,7 @@ fn setup_tenant(h: &mut History, i: usize) -> TenantFacts {
             site: Some("dc1".into()),
             pre_hook: None,
             post_hook: None,
+            qemu: None,
         },
     );
 

@@ -101,6 +101,7 @@ impl Log {
                     site: None,
                     pre_hook: None,
                     post_hook: None,
+                    qemu: None,
                 }
                 .into(),
             ],

@@ -1,0 +1,491 @@
+//! Changed-block tracking for a raw disk image that a running qemu (a VM, or
+//! `qemu-storage-daemon`) has open: instead of reading the whole image to find what changed,
+//! each pass asks qemu through its QMP monitor which blocks were written since the last pass,
+//! as Proxmox and libvirt do for incremental backups.
+//!
+//! A pass rotates dirty bitmaps in one QMP transaction (a new one starts recording, the one of
+//! the pass stops), reads the stopped bitmap's extents over NBD (`NBD_CMD_BLOCK_STATUS` on the
+//! meta context `qemu:dirty-bitmap:<name>`), copies those ranges from the image file into the
+//! mirror and syncs it. A pass that fails merges its bitmap back into the recording one, so no
+//! change is forgotten. Writes during a pass land in the new bitmap and go with the next one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::follow::Replicator;
+use crate::mirror::{Mirror, SyncStats};
+use crate::nbd;
+
+/// The most copied per read and write.
+const PIECE: u64 = 4 << 20;
+
+/// The longest qemu may take to answer a monitor command.
+const QMP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A free monitor greets at once.
+const GREETING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where qemu has the image open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QemuDisk {
+    /// The QMP monitor socket of the qemu process. A monitor serves one client at a time, so
+    /// this is one for Arca alone (qemu takes several `-qmp` / `--monitor` options).
+    pub monitor: PathBuf,
+    /// The block node (`node-name`) of the image: a raw image file.
+    pub node: String,
+    /// The socket of an NBD server already running in that qemu. Without it, one is started
+    /// (a qemu runs at most one NBD server).
+    pub nbd: Option<PathBuf>,
+}
+
+/// A QMP monitor connection.
+struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Qmp {
+    fn connect(socket: &Path) -> io::Result<Qmp> {
+        let stream = UnixStream::connect(socket)
+            .map_err(|e| io::Error::new(e.kind(), format!("connect to qemu's monitor {}: {e}", socket.display())))?;
+        stream.set_read_timeout(Some(GREETING_TIMEOUT))?;
+        let mut qmp = Qmp { reader: BufReader::new(stream.try_clone()?), writer: stream };
+        // A monitor serves one client at a time: a busy one never greets.
+        let greeting = qmp.message().map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("qemu's monitor {} did not answer (is another client using it?): {e}", socket.display()),
+            )
+        })?;
+        if greeting.get("QMP").is_none() {
+            return Err(io::Error::other(format!("{} is not a QMP monitor", socket.display())));
+        }
+        qmp.writer.set_read_timeout(Some(QMP_TIMEOUT))?;
+        qmp.execute("qmp_capabilities", json!({}))?;
+        Ok(qmp)
+    }
+
+    fn message(&mut self) -> io::Result<Value> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "qemu closed its monitor"));
+        }
+        serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("QMP: {e}")))
+    }
+
+    /// Runs `command`; qemu's refusal is an error carrying its reason.
+    fn execute(&mut self, command: &str, arguments: Value) -> io::Result<Value> {
+        let mut request = serde_json::to_vec(&json!({"execute": command, "arguments": arguments}))?;
+        request.push(b'\n');
+        self.writer.write_all(&request)?;
+        loop {
+            let mut reply = self.message()?;
+            if let Some(value) = reply.get_mut("return") {
+                return Ok(value.take());
+            }
+            if let Some(error) = reply.get("error") {
+                let reason = error.get("desc").and_then(Value::as_str).unwrap_or("no reason given");
+                return Err(io::Error::other(format!("qemu refused {command}: {reason}")));
+            }
+            // Anything else is an asynchronous event.
+        }
+    }
+}
+
+struct State {
+    qmp: Qmp,
+    /// The bitmap recording now is `<name>-<generation>`.
+    generation: u64,
+    /// The first full copy is done.
+    synced: bool,
+    /// Bitmaps of finished passes that qemu still held (an export closing).
+    leftover: Vec<String>,
+}
+
+/// A [`Mirror`] of a single image kept in step through qemu's dirty bitmaps.
+pub struct Tracked {
+    mirror: Mirror,
+    disk: QemuDisk,
+    /// Prefix of this follower's bitmaps and exports (unique per replica).
+    name: String,
+    nbd: PathBuf,
+    /// The NBD server was started by us (and is stopped when done).
+    own_server: bool,
+    state: Mutex<State>,
+}
+
+impl Tracked {
+    /// Prepares to follow `mirror`'s source, an image qemu has open as `disk`. `name` tells
+    /// this follower's bitmaps and exports apart from others' (letters, digits and `-`,
+    /// starting with a letter); any left by an earlier run of the same name are removed.
+    pub fn open(mirror: Mirror, disk: QemuDisk, name: &str) -> io::Result<Tracked> {
+        let mut qmp = Qmp::connect(&disk.monitor)?;
+        check_node(&mut qmp, &disk.node, mirror.source())?;
+        let prefix = format!("{name}-");
+        if let Some(exports) = qmp.execute("query-block-exports", json!({}))?.as_array() {
+            for id in exports.iter().filter_map(|e| e.get("id").and_then(Value::as_str)) {
+                if id.starts_with(&prefix) {
+                    qmp.execute("block-export-del", json!({"id": id, "mode": "hard"}))?;
+                }
+            }
+        }
+        let leftover = bitmaps(&mut qmp, &disk.node)?.into_iter().filter(|b| b.starts_with(&prefix)).collect();
+        let (nbd, own_server) = match &disk.nbd {
+            Some(socket) => (socket.clone(), false),
+            None => {
+                let socket = std::env::temp_dir().join(format!("{name}-{}.nbd", std::process::id()));
+                let _ = fs::remove_file(&socket);
+                qmp.execute(
+                    "nbd-server-start",
+                    json!({"addr": {"type": "unix", "data": {"path": socket.to_string_lossy()}}}),
+                )
+                .map_err(|e| {
+                    io::Error::other(format!("{e}; if it runs an NBD server already, name that server's socket"))
+                })?;
+                (socket, true)
+            }
+        };
+        let state = State { qmp, generation: 0, synced: false, leftover };
+        Ok(Tracked { mirror, disk, name: name.to_owned(), nbd, own_server, state: Mutex::new(state) })
+    }
+
+    fn bitmap(&self, generation: u64) -> String {
+        format!("{}-{generation}", self.name)
+    }
+
+    /// Removes bitmaps of earlier passes, keeping those qemu still holds for later.
+    fn remove_leftovers(&self, state: &mut State) {
+        let node = &self.disk.node;
+        let leftover = std::mem::take(&mut state.leftover);
+        for bitmap in leftover {
+            if state.qmp.execute("block-dirty-bitmap-remove", json!({"node": node, "name": bitmap})).is_err() {
+                state.leftover.push(bitmap);
+            }
+        }
+    }
+
+    /// The first copy: a bitmap starts recording, then the whole image is copied, so changes
+    /// during the copy go with the first pass after it.
+    fn first_copy(&self, state: &mut State) -> io::Result<SyncStats> {
+        self.remove_leftovers(state);
+        let node = &self.disk.node;
+        state.generation += 1;
+        state.qmp.execute("block-dirty-bitmap-add", json!({"node": node, "name": self.bitmap(state.generation)}))?;
+        let stats = self.mirror.sync_all()?;
+        state.synced = true;
+        Ok(stats)
+    }
+
+    fn pass(&self, state: &mut State) -> io::Result<SyncStats> {
+        let node = &self.disk.node;
+        let source = fs::metadata(self.mirror.source())?;
+        let (done, next) = (self.bitmap(state.generation), self.bitmap(state.generation + 1));
+        state.qmp.execute(
+            "transaction",
+            json!({"actions": [
+                {"type": "block-dirty-bitmap-add", "data": {"node": node, "name": next}},
+                {"type": "block-dirty-bitmap-disable", "data": {"node": node, "name": done}},
+            ]}),
+        )?;
+        state.generation += 1;
+        let copied = self.dirty_extents(state, &done).and_then(|extents| self.copy(&extents, &source));
+        if copied.is_err() {
+            // Its changes go with the next pass.
+            state.qmp.execute("block-dirty-bitmap-merge", json!({"node": node, "target": next, "bitmaps": [done]}))?;
+        }
+        state.leftover.push(done);
+        self.remove_leftovers(state);
+        copied
+    }
+
+    /// The extents `bitmap` marks dirty, read through a short-lived NBD export.
+    fn dirty_extents(&self, state: &mut State, bitmap: &str) -> io::Result<Vec<(u64, u64)>> {
+        state.qmp.execute(
+            "block-export-add",
+            json!({"type": "nbd", "id": bitmap, "node-name": self.disk.node, "name": bitmap, "bitmaps": [bitmap]}),
+        )?;
+        let context = format!("qemu:dirty-bitmap:{bitmap}");
+        let extents = nbd::Client::connect(&self.nbd, bitmap, Some(&context)).and_then(|mut c| c.dirty_extents());
+        let closed = state.qmp.execute("block-export-del", json!({"id": bitmap, "mode": "hard"}));
+        let extents = extents?;
+        closed?;
+        Ok(extents)
+    }
+
+    /// Copies `extents` of the image into the mirror and makes them durable.
+    fn copy(&self, extents: &[(u64, u64)], source: &fs::Metadata) -> io::Result<SyncStats> {
+        let dest = OpenOptions::new().write(true).open(self.mirror.dest())?;
+        let resized = dest.metadata()?.len() != source.len();
+        if extents.is_empty() && !resized {
+            return Ok(SyncStats::default());
+        }
+        let image = File::open(self.mirror.source())?;
+        let mut buffer = vec![0u8; PIECE as usize];
+        let mut copied = 0u64;
+        for &(start, length) in extents {
+            let end = (start + length).min(source.len());
+            let mut offset = start;
+            while offset < end {
+                let take = (end - offset).min(PIECE) as usize;
+                image.read_exact_at(&mut buffer[..take], offset)?;
+                dest.write_all_at(&buffer[..take], offset)?;
+                offset += take as u64;
+                copied += take as u64;
+            }
+        }
+        if resized {
+            dest.set_len(source.len())?;
+        }
+        let modified = source.modified()?;
+        dest.set_modified(modified)?;
+        dest.sync_all()?;
+        Ok(SyncStats { files: 1, bytes_written: copied, bytes_read: copied, removed: 0, oldest_change: Some(modified) })
+    }
+}
+
+impl Replicator for Tracked {
+    fn source(&self) -> &Path {
+        self.mirror.source()
+    }
+
+    /// The first call copies the whole image; later ones (rescans) copy what qemu marked.
+    fn sync_all(&self) -> io::Result<SyncStats> {
+        let mut state = self.state.lock().expect("tracking state");
+        if state.synced { self.pass(&mut state) } else { self.first_copy(&mut state) }
+    }
+
+    fn sync_paths(&self, _: &mut dyn Iterator<Item = &Path>) -> io::Result<SyncStats> {
+        let mut state = self.state.lock().expect("tracking state");
+        if state.synced { self.pass(&mut state) } else { self.first_copy(&mut state) }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().expect("tracking state");
+        state.leftover.push(format!("{}-{}", self.name, state.generation));
+        let leftover = std::mem::take(&mut state.leftover);
+        for bitmap in leftover {
+            let _ = state.qmp.execute("block-dirty-bitmap-remove", json!({"node": self.disk.node, "name": bitmap}));
+        }
+        if self.own_server {
+            let _ = state.qmp.execute("nbd-server-stop", json!({}));
+            let _ = fs::remove_file(&self.nbd);
+        }
+    }
+}
+
+/// The names of `node`'s dirty bitmaps.
+fn bitmaps(qmp: &mut Qmp, node: &str) -> io::Result<Vec<String>> {
+    let nodes = qmp.execute("query-named-block-nodes", json!({"flat": true}))?;
+    let found =
+        nodes.as_array().into_iter().flatten().find(|n| n.get("node-name").and_then(Value::as_str) == Some(node));
+    Ok(found
+        .and_then(|n| n.get("dirty-bitmaps"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b.get("name").and_then(Value::as_str).map(str::to_owned))
+        .collect())
+}
+
+/// `node` must be the raw image at `image`: the offsets qemu reports are then the file's.
+fn check_node(qmp: &mut Qmp, node: &str, image: &Path) -> io::Result<()> {
+    let nodes = qmp.execute("query-named-block-nodes", json!({"flat": true}))?;
+    let found = nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n.get("node-name").and_then(Value::as_str) == Some(node))
+        .ok_or_else(|| io::Error::other(format!("qemu has no block node {node}")))?;
+    let driver = found.get("drv").and_then(Value::as_str).unwrap_or_default();
+    if !matches!(driver, "file" | "raw") {
+        return Err(io::Error::other(format!(
+            "block node {node} is a {driver} image; changed blocks are tracked for raw images only"
+        )));
+    }
+    let file = found.pointer("/image/filename").and_then(Value::as_str).unwrap_or_default();
+    let same = |a: &Path, b: &Path| fs::canonicalize(a).ok().is_some_and(|a| fs::canonicalize(b).is_ok_and(|b| a == b));
+    if !same(Path::new(file), image) {
+        return Err(io::Error::other(format!(
+            "block node {node} is {file}, not the replicated image {}",
+            image.display()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Child, Command, Stdio};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, mpsc};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::follow::{Behind, FollowSettings, follow};
+
+    const SIZE: usize = 8 << 20;
+
+    /// A `qemu-storage-daemon` with `image` open as node `drive0`, its monitor at `qmp.sock`
+    /// and, with `nbd`, an NBD server at `nbd.sock` exporting the image writable as `vm`
+    /// (the guest's writes come through it).
+    struct Daemon {
+        child: Child,
+        dir: PathBuf,
+    }
+
+    impl Daemon {
+        fn start(dir: &Path, image: &Path, format: &str, nbd: bool) -> Daemon {
+            let mut command = Command::new("qemu-storage-daemon");
+            command
+                .arg("--blockdev")
+                .arg(format!("driver=file,filename={},node-name=file0", image.display()))
+                .arg("--blockdev")
+                .arg(format!("driver={format},file=file0,node-name=drive0"))
+                .arg("--chardev")
+                .arg(format!("socket,path={},server=on,wait=off,id=qmp0", dir.join("qmp.sock").display()))
+                .arg("--monitor")
+                .arg("chardev=qmp0");
+            if nbd {
+                command
+                    .arg("--nbd-server")
+                    .arg(format!("addr.type=unix,addr.path={}", dir.join("nbd.sock").display()))
+                    .arg("--export")
+                    .arg("type=nbd,id=vm,node-name=drive0,name=vm,writable=on");
+            }
+            let child = command.stdout(Stdio::null()).spawn().expect("qemu-storage-daemon (qemu-utils) runs");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !(dir.join("qmp.sock").exists() && (!nbd || dir.join("nbd.sock").exists())) {
+                assert!(Instant::now() < deadline, "qemu-storage-daemon did not start");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Daemon { child, dir: dir.to_path_buf() }
+        }
+
+        fn disk(&self) -> QemuDisk {
+            QemuDisk { monitor: self.dir.join("qmp.sock"), node: "drive0".into(), nbd: Some(self.dir.join("nbd.sock")) }
+        }
+    }
+
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Stops a follower when the test ends, passing or not (a scope waits for its threads).
+    struct StopOnDrop<'a>(&'a AtomicBool);
+
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn pattern(seed: u8) -> Vec<u8> {
+        (0..SIZE).map(|i| (i % 251) as u8 ^ seed).collect()
+    }
+
+    #[test]
+    fn a_pass_copies_only_the_blocks_the_guest_wrote_and_the_mirror_converges() {
+        let dir = tempfile::tempdir().unwrap();
+        let (image, dest) = (dir.path().join("disk.raw"), dir.path().join("replica/disk.raw"));
+        std::fs::write(&image, pattern(0)).unwrap();
+        let daemon = Daemon::start(dir.path(), &image, "raw", true);
+        let tracked = Tracked::open(Mirror::new(&image, &dest), daemon.disk(), "arca-test").unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (passes, passed) = mpsc::channel();
+        std::thread::scope(|scope| {
+            let _stop_on_panic = StopOnDrop(&stop);
+            let (tracked, stop_flag) = (&tracked, &stop);
+            let follower = scope.spawn(move || {
+                follow(tracked, &FollowSettings::default(), stop_flag, &Behind::default(), |pass| {
+                    passes.send(pass.clone()).is_ok()
+                })
+            });
+            let first = passed.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert!(first.full);
+            assert_eq!(std::fs::read(&dest).unwrap(), pattern(0));
+
+            // The guest writes 4 KiB in two places and once across a 64 KiB boundary.
+            let mut guest = nbd::Client::connect(&dir.path().join("nbd.sock"), "vm", None).unwrap();
+            assert_eq!(guest.size(), SIZE as u64);
+            for (offset, byte) in [(4096u64, 0xa1u8), (5 << 20, 0xb2), ((1 << 16) - 2048, 0xc3)] {
+                guest.write_at(offset, &[byte; 4096]).unwrap();
+            }
+            guest.flush().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::fs::read(&dest).unwrap() != std::fs::read(&image).unwrap() {
+                assert!(Instant::now() < deadline, "the mirror never converged");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // Bitmaps track 64 KiB clusters: three of them changed, out of 128.
+            // (Idle passes come every tenth of a second: take what came in the next 300 ms.)
+            let mut read = 0;
+            let drained = Instant::now() + Duration::from_millis(300);
+            while let Ok(pass) = passed.recv_timeout(drained.saturating_duration_since(Instant::now())) {
+                read += pass.stats.bytes_read;
+            }
+            assert!(read > 0 && read <= 3 << 16, "read {read} bytes for three small writes");
+
+            // A pass with nothing written copies nothing.
+            assert!(!tracked.sync_all().unwrap().changed());
+            stop_flag.store(true, Ordering::Relaxed);
+            follower.join().unwrap().unwrap();
+        });
+        drop(tracked);
+        let mut qmp = Qmp::connect(&dir.path().join("qmp.sock")).unwrap();
+        assert_eq!(bitmaps(&mut qmp, "drive0").unwrap(), Vec::<String>::new(), "its bitmaps are removed when done");
+    }
+
+    #[test]
+    fn a_follower_started_again_finds_no_stale_bitmaps_and_starts_its_own_nbd_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let (image, dest) = (dir.path().join("disk.raw"), dir.path().join("replica/disk.raw"));
+        std::fs::write(&image, pattern(1)).unwrap();
+        let daemon = Daemon::start(dir.path(), &image, "raw", false);
+        let disk = QemuDisk { nbd: None, ..daemon.disk() };
+        let mut qmp = Qmp::connect(&disk.monitor).unwrap();
+        qmp.execute("block-dirty-bitmap-add", json!({"node": "drive0", "name": "arca-again-7"})).unwrap();
+        drop(qmp);
+        let tracked = Tracked::open(Mirror::new(&image, &dest), disk.clone(), "arca-again").unwrap();
+        tracked.sync_all().unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), pattern(1));
+        assert!(!tracked.sync_all().unwrap().changed(), "no writes, nothing to copy (through its own NBD server)");
+        let busy = Tracked::open(Mirror::new(&image, &dest), disk.clone(), "arca-busy");
+        assert!(busy.err().expect("the monitor is taken").to_string().contains("another client"));
+        drop(tracked);
+        let mut qmp = Qmp::connect(&disk.monitor).unwrap();
+        assert_eq!(bitmaps(&mut qmp, "drive0").unwrap(), Vec::<String>::new(), "the stale bitmap and its own are gone");
+    }
+
+    #[test]
+    fn an_image_qemu_does_not_have_open_as_raw_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.qcow2");
+        let made = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&image).arg("8M").status();
+        assert!(made.unwrap().success());
+        let daemon = Daemon::start(dir.path(), &image, "qcow2", false);
+        let mirror = || Mirror::new(&image, dir.path().join("replica/disk.qcow2"));
+        let error = Tracked::open(mirror(), daemon.disk(), "arca-x").err().expect("a qcow2 image is refused");
+        assert!(error.to_string().contains("raw images only"), "{error}");
+        let other = QemuDisk { node: "nothing".into(), ..daemon.disk() };
+        let error = Tracked::open(mirror(), other, "arca-x").err().expect("an unknown node is refused");
+        assert!(error.to_string().contains("no block node nothing"), "{error}");
+        let elsewhere = Mirror::new(dir.path().join("other.raw"), dir.path().join("replica/other.raw"));
+        std::fs::write(dir.path().join("other.raw"), b"x").unwrap();
+        let error = Tracked::open(elsewhere, QemuDisk { node: "file0".into(), ..daemon.disk() }, "arca-x")
+            .err()
+            .expect("another file is refused");
+        assert!(error.to_string().contains("not the replicated image"), "{error}");
+    }
+}
