@@ -81,7 +81,8 @@ bench-api:
 
 # Instant recovery and replication (issue 6): an NBD export of a 1 GiB image snapshot read by
 # qemu-io, nbdcopy and qemu-img against a full restore; replica lag of small files and of an
-# image changing 1 %/s against an incremental backup (`bench-recovery --help`; needs qemu-utils
+# image changing 1 %/s (a plain file, and one open in qemu-storage-daemon followed through its
+# dirty bitmaps) against an incremental backup (`bench-recovery --help`; needs qemu-utils
 # and libnbd-bin).
 bench-recovery:
 	cargo run --release -q -p arca-loadtests --bin bench-recovery -- $(BENCH_RECOVERY_FLAGS)

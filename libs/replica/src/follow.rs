@@ -98,6 +98,13 @@ pub trait Replicator {
     fn source(&self) -> &Path;
     fn sync_all(&self) -> io::Result<SyncStats>;
     fn sync_paths(&self, paths: &mut dyn Iterator<Item = &Path>) -> io::Result<SyncStats>;
+
+    /// Whether a pass costs about as much as the files it was told about (a large file read
+    /// whole): then a batch lasts at least as long as the previous pass, so a file that keeps
+    /// changing is read at most half the time. One whose passes cost only what changed says no.
+    fn hold_between_passes(&self) -> bool {
+        true
+    }
 }
 
 impl Replicator for Mirror {
@@ -202,7 +209,7 @@ pub fn follow(
         }
         let started = Instant::now();
         let done = pass(full, &paths)?;
-        if !full {
+        if !full && mirror.hold_between_passes() {
             last_pass = started.elapsed();
         }
         behind.in_step();
