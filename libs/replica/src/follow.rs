@@ -105,6 +105,17 @@ pub trait Replicator {
     fn hold_between_passes(&self) -> bool {
         true
     }
+
+    /// How often to ask [`Replicator::poll`] for changes when notifications are quiet (for
+    /// writers the file system does not report, such as qemu's native AIO); `None`: never.
+    fn poll_every(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Whether the source changed since the last pass, asked every [`Replicator::poll_every`].
+    fn poll(&self) -> io::Result<bool> {
+        Ok(false)
+    }
 }
 
 impl Replicator for Mirror {
@@ -156,59 +167,77 @@ pub fn follow(
     }
     let mut next_rescan = Instant::now() + settings.rescan_every;
     let mut last_pass = Duration::ZERO;
+    let poll_every = mirror.poll_every();
+    let mut last_poll = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let wait = next_rescan.saturating_duration_since(Instant::now()).min(IDLE_TICK);
+        let wait =
+            next_rescan.saturating_duration_since(Instant::now()).min(poll_every.unwrap_or(IDLE_TICK).min(IDLE_TICK));
         let mut paths = BTreeSet::new();
         let mut full = false;
-        match events.recv_timeout(wait) {
-            Ok(first) => {
-                let started = Instant::now();
-                behind.changed_at(SystemTime::now());
-                let mut add = |event: notify::Result<notify::Event>| match event {
-                    Ok(event) if event.need_rescan() => full = true,
-                    // Opening or reading a file changes nothing; our own reads of the source
-                    // would otherwise start another pass of the same files, forever.
-                    Ok(event) if is_read(&event.kind) => {}
-                    Ok(event) => paths.extend(event.paths.into_iter().filter(|p| !single_file || *p == source)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "file-system notifications failed; rescanning");
-                        full = true;
-                    }
-                };
-                add(first);
-                let window = settings.max_batch_wait.max(last_pass);
-                while let Some(left) = window.checked_sub(started.elapsed()) {
-                    let held = last_pass.saturating_sub(started.elapsed());
-                    let wait = if held.is_zero() { settings.debounce.min(left) } else { held };
-                    match events.recv_timeout(wait) {
-                        Ok(event) => add(event),
-                        Err(mpsc::RecvTimeoutError::Timeout) if !held.is_zero() => {}
-                        Err(mpsc::RecvTimeoutError::Timeout) => break,
-                        Err(mpsc::RecvTimeoutError::Disconnected) => {
-                            return Err(io::Error::other("the watcher stopped"));
+        // Asked on time even while notifications keep coming (reads of the source, say), which
+        // would otherwise starve it.
+        let polled = match poll_every {
+            Some(every) if last_poll.elapsed() >= every => {
+                last_poll = Instant::now();
+                mirror.poll()?
+            }
+            _ => false,
+        };
+        if polled {
+            behind.changed_at(SystemTime::now());
+        } else {
+            match events.recv_timeout(wait) {
+                Ok(first) => {
+                    let started = Instant::now();
+                    behind.changed_at(SystemTime::now());
+                    let mut add = |event: notify::Result<notify::Event>| match event {
+                        Ok(event) if event.need_rescan() => full = true,
+                        // Opening or reading a file changes nothing; our own reads of the source
+                        // would otherwise start another pass of the same files, forever.
+                        Ok(event) if is_read(&event.kind) => {}
+                        Ok(event) => paths.extend(event.paths.into_iter().filter(|p| !single_file || *p == source)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "file-system notifications failed; rescanning");
+                            full = true;
+                        }
+                    };
+                    add(first);
+                    let window = settings.max_batch_wait.max(last_pass);
+                    while let Some(left) = window.checked_sub(started.elapsed()) {
+                        let held = last_pass.saturating_sub(started.elapsed());
+                        let wait = if held.is_zero() { settings.debounce.min(left) } else { held };
+                        match events.recv_timeout(wait) {
+                            Ok(event) => add(event),
+                            Err(mpsc::RecvTimeoutError::Timeout) if !held.is_zero() => {}
+                            Err(mpsc::RecvTimeoutError::Timeout) => break,
+                            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                                return Err(io::Error::other("the watcher stopped"));
+                            }
                         }
                     }
+                    if paths.is_empty() && !full {
+                        behind.in_step();
+                        continue;
+                    }
                 }
-                if paths.is_empty() && !full {
-                    behind.in_step();
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() >= next_rescan => full = true,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let idle = Pass { stats: SyncStats::default(), finished: SystemTime::now(), full: false };
+                    if !on_pass(&idle) {
+                        break;
+                    }
                     continue;
                 }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(io::Error::other("the watcher stopped")),
             }
-            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() >= next_rescan => full = true,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let idle = Pass { stats: SyncStats::default(), finished: SystemTime::now(), full: false };
-                if !on_pass(&idle) {
-                    break;
-                }
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(io::Error::other("the watcher stopped")),
         }
         if full {
             next_rescan = Instant::now() + settings.rescan_every;
         }
         let started = Instant::now();
         let done = pass(full, &paths)?;
+        // The pass took everything so far: the next poll is due a period after it.
+        last_poll = Instant::now();
         if !full && mirror.hold_between_passes() {
             last_pass = started.elapsed();
         }
