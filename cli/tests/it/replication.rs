@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use arca_testkit::{DaemonOptions, StorageDaemon};
 use serde_json::{Value, json};
 
 use crate::helpers::{noise, write};
@@ -293,47 +294,13 @@ fn a_replica_on_an_object_store_keeps_points_that_restore() {
     }
 }
 
-/// `qemu-storage-daemon` with `image` open as node `drive0`: its QMP monitors at `qmp.sock`
-/// (for the replica) and `test.sock` (for the test), and an NBD server at `nbd.sock` exporting the image writable as `vm` (the guest's disk).
-struct StorageDaemon(std::process::Child);
-
-impl StorageDaemon {
-    fn start(dir: &Path, image: &Path) -> StorageDaemon {
-        let child = Command::new("qemu-storage-daemon")
-            .arg("--blockdev")
-            .arg(format!("driver=file,filename={},node-name=drive0", image.display()))
-            .arg("--chardev")
-            .arg(format!("socket,path={},server=on,wait=off,id=qmp0", dir.join("qmp.sock").display()))
-            .args(["--monitor", "chardev=qmp0", "--chardev"])
-            .arg(format!("socket,path={},server=on,wait=off,id=qmp1", dir.join("test.sock").display()))
-            .args(["--monitor", "chardev=qmp1", "--nbd-server"])
-            .arg(format!("addr.type=unix,addr.path={}", dir.join("nbd.sock").display()))
-            .args(["--export", "type=nbd,id=vm,node-name=drive0,name=vm,writable=on"])
-            .spawn()
-            .expect("qemu-storage-daemon (qemu-utils) runs");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !(dir.join("qmp.sock").exists() && dir.join("nbd.sock").exists()) {
-            assert!(Instant::now() < deadline, "qemu-storage-daemon did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        StorageDaemon(child)
-    }
-}
-
-impl Drop for StorageDaemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn an_image_open_in_qemu_is_replicated_through_its_dirty_bitmaps() {
     let work = tempfile::tempdir().unwrap();
     let (vm, standby) = (work.path().join("vm"), work.path().join("standby"));
     let image = vm.join("disk.raw");
     write(&image, &noise(16 << 20, 7));
-    let _daemon = StorageDaemon::start(&vm, &image);
+    let daemon = StorageDaemon::start(&vm, &image, DaemonOptions { nbd: true, ..DaemonOptions::default() });
     let platform = Platform::new().all_in_one();
     let tenant = platform.arca(&["tenant", "create", "acme"]);
     let api = platform.api();
@@ -343,7 +310,7 @@ fn an_image_open_in_qemu_is_replicated_through_its_dirty_bitmaps() {
         assert!(Instant::now() < deadline, "the API never accepted the bootstrap key");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let qemu = json!({ "monitor": vm.join("qmp.sock"), "node": "drive0", "nbd": vm.join("nbd.sock") });
+    let qemu = json!({ "monitor": daemon.monitor(), "node": "drive0", "nbd": daemon.nbd() });
 
     // Only an image source is tracked through qemu.
     let (code, problem) =
@@ -371,7 +338,7 @@ fn an_image_open_in_qemu_is_replicated_through_its_dirty_bitmaps() {
     }
 
     // The guest writes through qemu (qemu-io over NBD); the replica follows.
-    let url = format!("nbd+unix:///vm?socket={}", vm.join("nbd.sock").display());
+    let url = format!("nbd+unix:///vm?socket={}", daemon.nbd().display());
     for (round, offset) in [(1u8, 0u64), (2, 3 << 20), (3, (15 << 20) + 4096)] {
         let pattern = format!("write -P {round} {offset} 65536");
         let written =
@@ -385,7 +352,7 @@ fn an_image_open_in_qemu_is_replicated_through_its_dirty_bitmaps() {
     }
     // The replica follows through a dirty bitmap of its own on the image's node.
     let replica = created["id"].as_str().unwrap().replace('-', "");
-    let bitmaps = qmp_bitmaps(&vm.join("test.sock"));
+    let bitmaps = qmp_bitmaps(&daemon.test_monitor());
     assert!(bitmaps.iter().any(|b| b.starts_with(&format!("arca-{replica}-"))), "{bitmaps:?}");
 }
 

@@ -364,63 +364,26 @@ fn check_node(qmp: &mut Qmp, node: &str, image: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::process::{Child, Command, Stdio};
+    use std::process::Command;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, mpsc};
     use std::time::{Duration, Instant};
+
+    use arca_testkit::{DaemonOptions, StorageDaemon};
 
     use super::*;
     use crate::follow::{Behind, FollowSettings, follow};
 
     const SIZE: usize = 8 << 20;
 
-    /// A `qemu-storage-daemon` with `image` open as node `drive0`, its monitor at `qmp.sock`
-    /// and, with `nbd`, an NBD server at `nbd.sock` exporting the image writable as `vm`
-    /// (the guest's writes come through it).
-    struct Daemon {
-        child: Child,
-        dir: PathBuf,
+    /// qemu holding `image` open as node `drive0` (a `format` layer over the file), with native
+    /// AIO and O_DIRECT as VMs often run; with `nbd`, the guest's writes come over NBD.
+    fn daemon(dir: &Path, image: &Path, format: &str, nbd: bool) -> StorageDaemon {
+        StorageDaemon::start(dir, image, DaemonOptions { format: Some(format), native_aio: true, nbd })
     }
 
-    impl Daemon {
-        fn start(dir: &Path, image: &Path, format: &str, nbd: bool) -> Daemon {
-            let mut command = Command::new("qemu-storage-daemon");
-            // Native AIO with O_DIRECT, as VMs often run: its writes raise no inotify event.
-            command
-                .arg("--blockdev")
-                .arg(format!("driver=file,filename={},node-name=file0,aio=native,cache.direct=on", image.display()))
-                .arg("--blockdev")
-                .arg(format!("driver={format},file=file0,node-name=drive0"))
-                .arg("--chardev")
-                .arg(format!("socket,path={},server=on,wait=off,id=qmp0", dir.join("qmp.sock").display()))
-                .arg("--monitor")
-                .arg("chardev=qmp0");
-            if nbd {
-                command
-                    .arg("--nbd-server")
-                    .arg(format!("addr.type=unix,addr.path={}", dir.join("nbd.sock").display()))
-                    .arg("--export")
-                    .arg("type=nbd,id=vm,node-name=drive0,name=vm,writable=on");
-            }
-            let child = command.stdout(Stdio::null()).spawn().expect("qemu-storage-daemon (qemu-utils) runs");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !(dir.join("qmp.sock").exists() && (!nbd || dir.join("nbd.sock").exists())) {
-                assert!(Instant::now() < deadline, "qemu-storage-daemon did not start");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Daemon { child, dir: dir.to_path_buf() }
-        }
-
-        fn disk(&self) -> QemuDisk {
-            QemuDisk { monitor: self.dir.join("qmp.sock"), node: "drive0".into(), nbd: Some(self.dir.join("nbd.sock")) }
-        }
-    }
-
-    impl Drop for Daemon {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    fn disk(daemon: &StorageDaemon) -> QemuDisk {
+        QemuDisk { monitor: daemon.monitor(), node: "drive0".into(), nbd: Some(daemon.nbd()) }
     }
 
     /// Stops a follower when the test ends, passing or not (a scope waits for its threads).
@@ -441,8 +404,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (image, dest) = (dir.path().join("disk.raw"), dir.path().join("replica/disk.raw"));
         std::fs::write(&image, pattern(0)).unwrap();
-        let daemon = Daemon::start(dir.path(), &image, "raw", true);
-        let tracked = Tracked::open(Mirror::new(&image, &dest), daemon.disk(), "arca-test").unwrap();
+        let daemon = daemon(dir.path(), &image, "raw", true);
+        let tracked = Tracked::open(Mirror::new(&image, &dest), disk(&daemon), "arca-test").unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let (passes, passed) = mpsc::channel();
         std::thread::scope(|scope| {
@@ -458,7 +421,7 @@ mod tests {
             assert_eq!(std::fs::read(&dest).unwrap(), pattern(0));
 
             // The guest writes 4 KiB in two places and once across a 64 KiB boundary.
-            let mut guest = nbd::Client::connect(&dir.path().join("nbd.sock"), "vm", None).unwrap();
+            let mut guest = nbd::Client::connect(&daemon.nbd(), "vm", None).unwrap();
             assert_eq!(guest.size(), SIZE as u64);
             for (offset, byte) in [(4096u64, 0xa1u8), (5 << 20, 0xb2), ((1 << 16) - 2048, 0xc3)] {
                 guest.write_at(offset, &[byte; 4096]).unwrap();
@@ -485,7 +448,7 @@ mod tests {
             follower.join().unwrap().unwrap();
         });
         drop(tracked);
-        let mut qmp = Qmp::connect(&dir.path().join("qmp.sock")).unwrap();
+        let mut qmp = Qmp::connect(&daemon.test_monitor()).unwrap();
         assert_eq!(bitmaps(&mut qmp, "drive0").unwrap(), Vec::<String>::new(), "its bitmaps are removed when done");
     }
 
@@ -494,8 +457,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (image, dest) = (dir.path().join("disk.raw"), dir.path().join("replica/disk.raw"));
         std::fs::write(&image, pattern(1)).unwrap();
-        let daemon = Daemon::start(dir.path(), &image, "raw", false);
-        let disk = QemuDisk { nbd: None, ..daemon.disk() };
+        let daemon = daemon(dir.path(), &image, "raw", false);
+        let disk = QemuDisk { nbd: None, ..disk(&daemon) };
         let mut qmp = Qmp::connect(&disk.monitor).unwrap();
         qmp.execute("block-dirty-bitmap-add", json!({"node": "drive0", "name": "arca-again-7"})).unwrap();
         drop(qmp);
@@ -516,16 +479,16 @@ mod tests {
         let image = dir.path().join("disk.qcow2");
         let made = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&image).arg("8M").status();
         assert!(made.unwrap().success());
-        let daemon = Daemon::start(dir.path(), &image, "qcow2", false);
+        let daemon = daemon(dir.path(), &image, "qcow2", false);
         let mirror = || Mirror::new(&image, dir.path().join("replica/disk.qcow2"));
-        let error = Tracked::open(mirror(), daemon.disk(), "arca-x").err().expect("a qcow2 image is refused");
+        let error = Tracked::open(mirror(), disk(&daemon), "arca-x").err().expect("a qcow2 image is refused");
         assert!(error.to_string().contains("raw images only"), "{error}");
-        let other = QemuDisk { node: "nothing".into(), ..daemon.disk() };
+        let other = QemuDisk { node: "nothing".into(), ..disk(&daemon) };
         let error = Tracked::open(mirror(), other, "arca-x").err().expect("an unknown node is refused");
         assert!(error.to_string().contains("no block node nothing"), "{error}");
         let elsewhere = Mirror::new(dir.path().join("other.raw"), dir.path().join("replica/other.raw"));
         std::fs::write(dir.path().join("other.raw"), b"x").unwrap();
-        let error = Tracked::open(elsewhere, QemuDisk { node: "file0".into(), ..daemon.disk() }, "arca-x")
+        let error = Tracked::open(elsewhere, QemuDisk { node: "file0".into(), ..disk(&daemon) }, "arca-x")
             .err()
             .expect("another file is refused");
         assert!(error.to_string().contains("not the replicated image"), "{error}");

@@ -3,6 +3,7 @@
 //! - [`target`] gives each test a fresh, empty repository location on the
 //!   local filesystem, an S3 bucket (moto) or an Azure container (Azurite).
 //! - [`nats_server`] starts a private `nats-server -js` for one test.
+//! - [`StorageDaemon`] holds a disk image open in `qemu-storage-daemon`, as a VM would.
 //!
 //! S3 and Azurite servers are shared: `make test` starts one of each and passes
 //! `ARCA_TEST_S3_ENDPOINT` / `ARCA_TEST_AZURITE_ENDPOINT` to every test process
@@ -16,6 +17,7 @@
 mod azure;
 mod http;
 mod process;
+mod qemu;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use process::Guarded;
+pub use qemu::{DaemonOptions, StorageDaemon};
 use tempfile::TempDir;
 
 /// Where a repository lives.

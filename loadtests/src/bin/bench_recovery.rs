@@ -39,6 +39,7 @@ use arca_repo::backup::{BackupOptions, BackupSource, IMAGE_BLOCK, backup};
 use arca_repo::reader::{FileReader, image_node};
 use arca_repo::restore::{RestoreOptions, restore};
 use arca_repo::{Backend, InitOptions, Repository, Target, TargetOptions};
+use arca_testkit::{DaemonOptions, StorageDaemon};
 use clap::Parser;
 
 const MIB: usize = 1 << 20;
@@ -175,9 +176,10 @@ fn run(args: &Args, dir: &Path) -> anyhow::Result<()> {
         fs::copy(&image, &source)?;
         let blocks = ((args.image_mib as f64 * args.image_change_percent / 100.0).round() as usize).max(1);
         let lag = {
-            let daemon = StorageDaemon::start(&work, &source)?;
-            let tracked = Tracked::open(Mirror::new(&source, &dest), daemon.disk(), "arca-bench")?;
-            let mut guest = nbd::Client::connect(&work.join("nbd.sock"), "vm", None)?;
+            let daemon = StorageDaemon::start(&work, &source, DaemonOptions { nbd: true, ..DaemonOptions::default() });
+            let disk = QemuDisk { monitor: daemon.monitor(), node: "drive0".into(), nbd: Some(daemon.nbd()) };
+            let tracked = Tracked::open(Mirror::new(&source, &dest), disk, "arca-bench")?;
+            let mut guest = nbd::Client::connect(&daemon.nbd(), "vm", None)?;
             let mut write = |at, data: &[u8]| guest.write_at(at, data);
             image_lag(&settings, &tracked, (&source, &dest), &mut write, blocks, args.seconds)?
         };
@@ -806,46 +808,6 @@ fn median_f64(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted[(sorted.len() - 1) / 2]
-}
-
-/// `qemu-storage-daemon` with an image open as node `drive0`: its monitor at `qmp.sock`, and
-/// an NBD server at `nbd.sock` exporting the image writable as `vm` (the guest's disk).
-struct StorageDaemon {
-    child: std::process::Child,
-    dir: PathBuf,
-}
-
-impl StorageDaemon {
-    fn start(dir: &Path, image: &Path) -> anyhow::Result<StorageDaemon> {
-        let child = Command::new("qemu-storage-daemon")
-            .arg("--blockdev")
-            .arg(format!("driver=file,filename={},node-name=drive0", image.display()))
-            .arg("--chardev")
-            .arg(format!("socket,path={},server=on,wait=off,id=qmp0", dir.join("qmp.sock").display()))
-            .args(["--monitor", "chardev=qmp0", "--nbd-server"])
-            .arg(format!("addr.type=unix,addr.path={}", dir.join("nbd.sock").display()))
-            .args(["--export", "type=nbd,id=vm,node-name=drive0,name=vm,writable=on"])
-            .spawn()
-            .context("start qemu-storage-daemon (qemu-utils)")?;
-        let daemon = StorageDaemon { child, dir: dir.to_path_buf() };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !(dir.join("qmp.sock").exists() && dir.join("nbd.sock").exists()) {
-            anyhow::ensure!(Instant::now() < deadline, "qemu-storage-daemon did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(daemon)
-    }
-
-    fn disk(&self) -> QemuDisk {
-        QemuDisk { monitor: self.dir.join("qmp.sock"), node: "drive0".into(), nbd: Some(self.dir.join("nbd.sock")) }
-    }
-}
-
-impl Drop for StorageDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---- The disk image ----
