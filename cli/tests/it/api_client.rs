@@ -144,6 +144,29 @@ fn the_cli_adds_updates_and_removes_targets_sources_and_policies_through_the_api
         (serde_json::json!(["/srv/a", "/srv/b"]), serde_json::json!([]), serde_json::json!("docs"))
     );
 
+    // An image source followed through the qemu that has it open: updates keep that unless
+    // cleared; a node without a monitor is refused before anything is sent.
+    let image = client.ok(&[
+        "sources",
+        "add",
+        "vm",
+        "/srv/vm/disk.raw",
+        "--kind",
+        "image",
+        "--qemu-monitor",
+        "/run/vm/qmp.sock",
+        "--qemu-node",
+        "drive0",
+    ]);
+    let tracked = serde_json::json!({ "monitor": "/run/vm/qmp.sock", "node": "drive0" });
+    assert_eq!(show_version(&client, "sources", &image, 1)["qemu"], tracked);
+    client.ok(&["sources", "update", &image, "--name", "vm-2"]);
+    assert_eq!(show_version(&client, "sources", &image, 2)["qemu"], tracked);
+    client.ok(&["sources", "update", &image, "--clear", "qemu"]);
+    assert!(show_version(&client, "sources", &image, 3)["qemu"].is_null());
+    let refused = client.fails(2, &["sources", "add", "x", "/srv/x.raw", "--kind", "image", "--qemu-node", "drive0"]);
+    assert!(refused.contains("--qemu-monitor"), "{refused}");
+
     client.ok(&[
         "policies",
         "update",
@@ -226,13 +249,14 @@ fn the_cli_adds_updates_and_removes_targets_sources_and_policies_through_the_api
     assert!(refused.contains("in_use"), "the policy copies there: {refused}");
     assert_eq!(show_version(&client, "policies", &policy, 3)["name"], "nightly-2");
     let sources = client.ok(&["--json", "sources", "list"]);
-    assert_eq!(sources.lines().count(), 1, "{sources}");
+    assert_eq!(sources.lines().count(), 2, "docs and vm: {sources}");
 
     // Removed: the policy first, then what it used.
     client.ok(&["policies", "rm", &policy, "--if-match", "3"]);
     let gone = client.fails(1, &["policies", "rm", &policy]);
     assert!(gone.contains("HTTP 410"), "{gone}");
     client.ok(&["sources", "rm", &source]);
+    client.ok(&["sources", "rm", &image]);
     client.ok(&["targets", "rm", &offsite]);
     let removed = client.ok(&["--json", "targets", "rm", &target, "--if-match", "2"]);
     assert_eq!(json(&removed)["removed"], true);
