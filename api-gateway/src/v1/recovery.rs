@@ -556,7 +556,8 @@ impl<W: Write> Archive for zip::ZipWriter<zip::write::StreamWriter<W>> {
         let options = zip::write::SimpleFileOptions::default()
             .unix_permissions(node.mode & 0o7777)
             .last_modified_time(zip_time(node.mtime_ns))
-            .large_file(node.size >= u64::from(u32::MAX));
+            // Deflate may grow incompressible data a little: ZIP64 well before 4 GiB.
+            .large_file(node.size >= 0xF000_0000);
         match node.kind {
             NodeKind::Dir => self.add_directory(format!("{path}/"), options)?,
             NodeKind::Symlink => {

@@ -185,6 +185,12 @@ pub fn follow(
         };
         if polled {
             behind.changed_at(SystemTime::now());
+            // The pass takes what notifications told too; lost ones still mean a rescan.
+            for event in events.try_iter() {
+                if event.is_err() || event.is_ok_and(|e| e.need_rescan()) {
+                    full = true;
+                }
+            }
         } else {
             match events.recv_timeout(wait) {
                 Ok(first) => {

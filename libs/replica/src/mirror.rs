@@ -137,6 +137,12 @@ impl Mirror {
         &self.source
     }
 
+    /// Forgets what it last wrote: the next sync compares files with the mirror's own bytes
+    /// (after something else wrote into the mirror).
+    pub fn forget_all(&self) {
+        self.known.lock().expect("known blocks").clear();
+    }
+
     pub fn dest(&self) -> &Path {
         &self.dest
     }

@@ -125,14 +125,18 @@ impl Client {
         put_string(&mut data, export);
         data.extend_from_slice(&0u16.to_be_bytes());
         self.option(OPT_GO, &data)?;
+        let mut sized = false;
         loop {
             let (kind, payload) = self.option_reply(OPT_GO)?;
             match kind {
                 REP_INFO if payload.len() >= 12 && u16::from_be_bytes([payload[0], payload[1]]) == INFO_EXPORT => {
                     self.size = u64::from_be_bytes(payload[2..10].try_into().expect("8 bytes"));
+                    sized = true;
                 }
                 REP_INFO => {}
-                REP_ACK => return Ok(()),
+                // The spec makes the export's size part of every successful NBD_OPT_GO.
+                REP_ACK if sized => return Ok(()),
+                REP_ACK => return Err(protocol("the server did not tell the export's size")),
                 _ => return Err(protocol(format!("unexpected reply {kind:#x} to opening the export"))),
             }
         }
@@ -191,8 +195,10 @@ impl Client {
     }
 
     /// Reads replies to `cookie` until the last one, handing each structured chunk (type and
-    /// payload) to `chunk`.
+    /// payload) to `chunk`. An error chunk fails the request once its last chunk is read, so
+    /// the connection stays in step.
     fn replies(&mut self, cookie: u64, mut chunk: impl FnMut(u16, &[u8]) -> io::Result<()>) -> io::Result<()> {
+        let mut failed = None;
         loop {
             match self.u32()? {
                 SIMPLE_REPLY_MAGIC => {
@@ -216,14 +222,14 @@ impl Client {
                     self.reader.read_exact(&mut payload)?;
                     if kind & REPLY_TYPE_ERROR_BIT != 0 {
                         let error = payload.get(..4).map_or(0, |e| u32::from_be_bytes(e.try_into().expect("4 bytes")));
-                        let message = payload.get(6..).map(String::from_utf8_lossy).unwrap_or_default();
-                        return Err(protocol(format!("the server failed: errno {error} {message}")));
-                    }
-                    if kind != REPLY_TYPE_NONE {
+                        let length = payload.get(4..6).map_or(0, |l| usize::from(u16::from_be_bytes([l[0], l[1]])));
+                        let message = payload.get(6..6 + length).map(String::from_utf8_lossy).unwrap_or_default();
+                        failed.get_or_insert_with(|| protocol(format!("the server failed: errno {error} {message}")));
+                    } else if kind != REPLY_TYPE_NONE && failed.is_none() {
                         chunk(kind, &payload)?;
                     }
                     if flags & REPLY_FLAG_DONE != 0 {
-                        return Ok(());
+                        return failed.map_or(Ok(()), Err);
                     }
                 }
                 _ => return Err(protocol("bad reply magic")),

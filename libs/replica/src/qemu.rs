@@ -10,12 +10,12 @@
 //! change is forgotten. Writes during a pass land in the new bitmap and go with the next one.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
@@ -48,10 +48,16 @@ pub struct QemuDisk {
     pub nbd: Option<PathBuf>,
 }
 
-/// A QMP monitor connection.
+/// The longest line read from a monitor.
+const MAX_LINE: u64 = 16 << 20;
+
+/// A QMP monitor connection. Commands carry ids, so a late answer to an earlier command that
+/// timed out is never taken for this one's; after an I/O error the connection is not used.
 struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    next_id: u64,
+    broken: bool,
 }
 
 impl Qmp {
@@ -59,7 +65,7 @@ impl Qmp {
         let stream = UnixStream::connect(socket)
             .map_err(|e| io::Error::new(e.kind(), format!("connect to qemu's monitor {}: {e}", socket.display())))?;
         stream.set_read_timeout(Some(GREETING_TIMEOUT))?;
-        let mut qmp = Qmp { reader: BufReader::new(stream.try_clone()?), writer: stream };
+        let mut qmp = Qmp { reader: BufReader::new(stream.try_clone()?), writer: stream, next_id: 0, broken: false };
         // A monitor serves one client at a time: a busy one never greets.
         let greeting = qmp.message().map_err(|e| {
             io::Error::new(
@@ -77,7 +83,7 @@ impl Qmp {
 
     fn message(&mut self) -> io::Result<Value> {
         let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
+        if (&mut self.reader).take(MAX_LINE).read_line(&mut line)? == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "qemu closed its monitor"));
         }
         serde_json::from_str(&line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("QMP: {e}")))
@@ -85,19 +91,33 @@ impl Qmp {
 
     /// Runs `command`; qemu's refusal is an error carrying its reason.
     fn execute(&mut self, command: &str, arguments: Value) -> io::Result<Value> {
-        let mut request = serde_json::to_vec(&json!({"execute": command, "arguments": arguments}))?;
+        if self.broken {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the connection to qemu's monitor failed earlier"));
+        }
+        let answer = self.exchange(command, arguments);
+        if answer.as_ref().is_err_and(|e| e.kind() != io::ErrorKind::Other) {
+            self.broken = true;
+        }
+        answer
+    }
+
+    fn exchange(&mut self, command: &str, arguments: Value) -> io::Result<Value> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut request = serde_json::to_vec(&json!({"execute": command, "arguments": arguments, "id": id}))?;
         request.push(b'\n');
         self.writer.write_all(&request)?;
         loop {
             let mut reply = self.message()?;
+            // Events carry no id; answers to earlier commands carry theirs.
+            if reply.get("id").and_then(Value::as_u64) != Some(id) {
+                continue;
+            }
             if let Some(value) = reply.get_mut("return") {
                 return Ok(value.take());
             }
-            if let Some(error) = reply.get("error") {
-                let reason = error.get("desc").and_then(Value::as_str).unwrap_or("no reason given");
-                return Err(io::Error::other(format!("qemu refused {command}: {reason}")));
-            }
-            // Anything else is an asynchronous event.
+            let reason = reply.pointer("/error/desc").and_then(Value::as_str).unwrap_or("no reason given");
+            return Err(io::Error::other(format!("qemu refused {command}: {reason}")));
         }
     }
 }
@@ -143,16 +163,23 @@ impl Tracked {
         let (nbd, own_server) = match &disk.nbd {
             Some(socket) => (socket.clone(), false),
             None => {
-                let socket = std::env::temp_dir().join(format!("{name}-{}.nbd", std::process::id()));
-                let _ = fs::remove_file(&socket);
-                qmp.execute(
+                // Beside the monitor: where qemu may create sockets, inside the tenant's folder
+                // when the monitor is, and found again after a crash of ours.
+                let socket = disk.monitor.with_file_name(format!("{name}.nbd"));
+                let started = qmp.execute(
                     "nbd-server-start",
                     json!({"addr": {"type": "unix", "data": {"path": socket.to_string_lossy()}}}),
-                )
-                .map_err(|e| {
-                    io::Error::other(format!("{e}; if it runs an NBD server already, name that server's socket"))
-                })?;
-                (socket, true)
+                );
+                match started {
+                    Ok(_) => (socket, true),
+                    // Started by an earlier run of ours that ended without stopping it.
+                    Err(_) if socket.exists() => (socket, false),
+                    Err(e) => {
+                        return Err(io::Error::other(format!(
+                            "{e}; if it runs an NBD server already, name that server's socket"
+                        )));
+                    }
+                }
             }
         };
         let state = State { qmp, generation: 0, synced: false, leftover };
@@ -174,21 +201,29 @@ impl Tracked {
         }
     }
 
-    /// The first copy: a bitmap starts recording, then the whole image is copied, so changes
-    /// during the copy go with the first pass after it.
+    /// The first copy (and the one after a pass whose changes could not be kept): a bitmap
+    /// starts recording, then every block of the image is compared with the mirror's own bytes
+    /// and the differing ones written, so changes during the copy go with the next pass.
     fn first_copy(&self, state: &mut State) -> io::Result<SyncStats> {
+        if state.generation > 0 {
+            let earlier = self.bitmap(state.generation);
+            state.leftover.push(earlier);
+        }
         self.remove_leftovers(state);
         let node = &self.disk.node;
         state.generation += 1;
         state.qmp.execute("block-dirty-bitmap-add", json!({"node": node, "name": self.bitmap(state.generation)}))?;
-        let stats = self.mirror.sync_all()?;
+        self.mirror.forget_all();
+        let stats = self.mirror.sync_paths([self.mirror.source()])?;
         state.synced = true;
         Ok(stats)
     }
 
     fn pass(&self, state: &mut State) -> io::Result<SyncStats> {
         let node = &self.disk.node;
-        let source = fs::metadata(self.mirror.source())?;
+        // The time before the rotation (no later than any change the pass carries), the length
+        // after it (a resize the pass's bitmap covers).
+        let modified = fs::metadata(self.mirror.source())?.modified()?;
         let (done, next) = (self.bitmap(state.generation), self.bitmap(state.generation + 1));
         state.qmp.execute(
             "transaction",
@@ -198,14 +233,29 @@ impl Tracked {
             ]}),
         )?;
         state.generation += 1;
-        let copied = self.dirty_extents(state, &done).and_then(|extents| self.copy(&extents, &source));
-        if copied.is_err() {
-            // Its changes go with the next pass.
-            state.qmp.execute("block-dirty-bitmap-merge", json!({"node": node, "target": next, "bitmaps": [done]}))?;
+        let copied = self
+            .dirty_extents(state, &done)
+            .and_then(|extents| self.copy(&extents, fs::metadata(self.mirror.source())?.len(), modified));
+        if copied.is_err() && !self.merge_back(state, &done, &next) {
+            // Its changes are in no bitmap now: the next pass compares everything.
+            state.synced = false;
         }
         state.leftover.push(done);
         self.remove_leftovers(state);
         copied
+    }
+
+    /// Puts a failed pass's bitmap `done` back into the recording one, so its changes go with
+    /// the next pass. qemu holds `done` until its export has closed: tries for a second.
+    fn merge_back(&self, state: &mut State, done: &str, next: &str) -> bool {
+        let merge = json!({"node": self.disk.node, "target": next, "bitmaps": [done]});
+        for _ in 0..50 {
+            if state.qmp.execute("block-dirty-bitmap-merge", merge.clone()).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// The extents `bitmap` marks dirty, read through a short-lived NBD export.
@@ -222,10 +272,11 @@ impl Tracked {
         Ok(extents)
     }
 
-    /// Copies `extents` of the image into the mirror and makes them durable.
-    fn copy(&self, extents: &[(u64, u64)], source: &fs::Metadata) -> io::Result<SyncStats> {
+    /// Copies `extents` of the image (now `size` bytes, last written at `modified`) into the
+    /// mirror and makes them durable.
+    fn copy(&self, extents: &[(u64, u64)], size: u64, modified: SystemTime) -> io::Result<SyncStats> {
         let dest = OpenOptions::new().write(true).open(self.mirror.dest())?;
-        let resized = dest.metadata()?.len() != source.len();
+        let resized = dest.metadata()?.len() != size;
         if extents.is_empty() && !resized {
             return Ok(SyncStats::default());
         }
@@ -233,7 +284,7 @@ impl Tracked {
         let mut buffer = vec![0u8; PIECE as usize];
         let mut copied = 0u64;
         for &(start, length) in extents {
-            let end = (start + length).min(source.len());
+            let end = (start + length).min(size);
             let mut offset = start;
             while offset < end {
                 let take = (end - offset).min(PIECE) as usize;
@@ -244,12 +295,11 @@ impl Tracked {
             }
         }
         if resized {
-            dest.set_len(source.len())?;
+            dest.set_len(size)?;
         }
         dest.sync_data()?;
         // The time after the data: a crash may lose it, never the data it vouches for (a
         // mirror started again compares a file whose time differs).
-        let modified = source.modified()?;
         dest.set_modified(modified)?;
         Ok(SyncStats { files: 1, bytes_written: copied, bytes_read: copied, removed: 0, oldest_change: Some(modified) })
     }
@@ -471,6 +521,29 @@ mod tests {
         drop(tracked);
         let mut qmp = Qmp::connect(&disk.monitor).unwrap();
         assert_eq!(bitmaps(&mut qmp, "drive0").unwrap(), Vec::<String>::new(), "the stale bitmap and its own are gone");
+    }
+
+    #[test]
+    fn a_pass_that_fails_leaves_its_changes_for_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let (image, dest) = (dir.path().join("disk.raw"), dir.path().join("replica/disk.raw"));
+        std::fs::write(&image, pattern(2)).unwrap();
+        let daemon = daemon(dir.path(), &image, "raw", true);
+        let tracked = Tracked::open(Mirror::new(&image, &dest), disk(&daemon), "arca-retry").unwrap();
+        tracked.sync_all().unwrap();
+        let mut guest = nbd::Client::connect(&daemon.nbd(), "vm", None).unwrap();
+        guest.write_at(1 << 20, &[0xd4; 4096]).unwrap();
+        guest.flush().unwrap();
+        // The mirror cannot be written: the pass fails, and its bitmap goes back to qemu's.
+        let aside = dir.path().join("aside.raw");
+        std::fs::rename(&dest, &aside).unwrap();
+        std::fs::create_dir(&dest).unwrap();
+        assert!(tracked.sync_all().is_err());
+        std::fs::remove_dir(&dest).unwrap();
+        std::fs::rename(&aside, &dest).unwrap();
+        let stats = tracked.sync_all().unwrap();
+        assert!(stats.changed() && stats.bytes_read <= 1 << 16, "{stats:?}");
+        assert!(std::fs::read(&dest).unwrap() == std::fs::read(&image).unwrap());
     }
 
     #[test]
