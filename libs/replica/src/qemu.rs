@@ -329,15 +329,16 @@ impl Replicator for Tracked {
         Ok(dirty_bytes(&mut state.qmp, &self.disk.node, &recording)? > 0)
     }
 
-    /// The first call copies the whole image; later ones (rescans) copy what qemu marked.
+    /// The first call (and the one after a pass whose changes could not be kept) compares the
+    /// whole image; later ones, rescans included, copy what qemu marked.
     fn sync_all(&self) -> io::Result<SyncStats> {
         let mut state = self.state.lock().expect("tracking state");
         if state.synced { self.pass(&mut state) } else { self.first_copy(&mut state) }
     }
 
+    /// qemu's bitmap, not the paths notified, says what changed.
     fn sync_paths(&self, _: &mut dyn Iterator<Item = &Path>) -> io::Result<SyncStats> {
-        let mut state = self.state.lock().expect("tracking state");
-        if state.synced { self.pass(&mut state) } else { self.first_copy(&mut state) }
+        Replicator::sync_all(self)
     }
 }
 
@@ -356,45 +357,38 @@ impl Drop for Tracked {
     }
 }
 
+/// What qemu says of block node `node` (`query-named-block-nodes`), if it has one.
+fn node_info(qmp: &mut Qmp, node: &str) -> io::Result<Option<Value>> {
+    let nodes = qmp.execute("query-named-block-nodes", json!({"flat": true}))?;
+    let Value::Array(nodes) = nodes else { return Ok(None) };
+    Ok(nodes.into_iter().find(|n| n.get("node-name").and_then(Value::as_str) == Some(node)))
+}
+
+/// The dirty bitmaps in a node's [`node_info`].
+fn bitmaps_of(info: &Value) -> impl Iterator<Item = &Value> {
+    info.get("dirty-bitmaps").and_then(Value::as_array).into_iter().flatten()
+}
+
+fn bitmap_name(bitmap: &Value) -> Option<&str> {
+    bitmap.get("name").and_then(Value::as_str)
+}
+
 /// How many bytes `bitmap` on `node` marks as written.
 fn dirty_bytes(qmp: &mut Qmp, node: &str, bitmap: &str) -> io::Result<u64> {
-    let nodes = qmp.execute("query-named-block-nodes", json!({"flat": true}))?;
-    let found =
-        nodes.as_array().into_iter().flatten().find(|n| n.get("node-name").and_then(Value::as_str) == Some(node));
-    Ok(found
-        .and_then(|n| n.get("dirty-bitmaps"))
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .find(|b| b.get("name").and_then(Value::as_str) == Some(bitmap))
-        .and_then(|b| b.get("count"))
-        .and_then(Value::as_u64)
-        .unwrap_or(0))
+    let info = node_info(qmp, node)?.unwrap_or_default();
+    let found = bitmaps_of(&info).find(|b| bitmap_name(b) == Some(bitmap));
+    Ok(found.and_then(|b| b.get("count")).and_then(Value::as_u64).unwrap_or(0))
 }
 
 /// The names of `node`'s dirty bitmaps.
 fn bitmaps(qmp: &mut Qmp, node: &str) -> io::Result<Vec<String>> {
-    let nodes = qmp.execute("query-named-block-nodes", json!({"flat": true}))?;
-    let found =
-        nodes.as_array().into_iter().flatten().find(|n| n.get("node-name").and_then(Value::as_str) == Some(node));
-    Ok(found
-        .and_then(|n| n.get("dirty-bitmaps"))
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|b| b.get("name").and_then(Value::as_str).map(str::to_owned))
-        .collect())
+    let info = node_info(qmp, node)?.unwrap_or_default();
+    Ok(bitmaps_of(&info).filter_map(bitmap_name).map(str::to_owned).collect())
 }
 
 /// `node` must be the raw image at `image`: the offsets qemu reports are then the file's.
 fn check_node(qmp: &mut Qmp, node: &str, image: &Path) -> io::Result<()> {
-    let nodes = qmp.execute("query-named-block-nodes", json!({"flat": true}))?;
-    let found = nodes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|n| n.get("node-name").and_then(Value::as_str) == Some(node))
-        .ok_or_else(|| io::Error::other(format!("qemu has no block node {node}")))?;
+    let found = node_info(qmp, node)?.ok_or_else(|| io::Error::other(format!("qemu has no block node {node}")))?;
     let driver = found.get("drv").and_then(Value::as_str).unwrap_or_default();
     if !matches!(driver, "file" | "raw") {
         return Err(io::Error::other(format!(
@@ -432,6 +426,15 @@ mod tests {
         StorageDaemon::start(dir, image, DaemonOptions { format: Some(format), native_aio: true, nbd })
     }
 
+    /// A raw image of [`pattern`]`(seed)` open in qemu, and where its mirror goes.
+    fn raw_image(seed: u8, nbd: bool) -> (tempfile::TempDir, PathBuf, PathBuf, StorageDaemon) {
+        let dir = tempfile::tempdir().unwrap();
+        let (image, dest) = (dir.path().join("disk.raw"), dir.path().join("replica/disk.raw"));
+        std::fs::write(&image, pattern(seed)).unwrap();
+        let daemon = daemon(dir.path(), &image, "raw", nbd);
+        (dir, image, dest, daemon)
+    }
+
     fn disk(daemon: &StorageDaemon) -> QemuDisk {
         QemuDisk { monitor: daemon.monitor(), node: "drive0".into(), nbd: Some(daemon.nbd()) }
     }
@@ -451,10 +454,7 @@ mod tests {
 
     #[test]
     fn a_pass_copies_only_the_blocks_the_guest_wrote_and_the_mirror_converges() {
-        let dir = tempfile::tempdir().unwrap();
-        let (image, dest) = (dir.path().join("disk.raw"), dir.path().join("replica/disk.raw"));
-        std::fs::write(&image, pattern(0)).unwrap();
-        let daemon = daemon(dir.path(), &image, "raw", true);
+        let (_dir, image, dest, daemon) = raw_image(0, true);
         let tracked = Tracked::open(Mirror::new(&image, &dest), disk(&daemon), "arca-test").unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let (passes, passed) = mpsc::channel();
@@ -504,10 +504,7 @@ mod tests {
 
     #[test]
     fn a_follower_started_again_finds_no_stale_bitmaps_and_starts_its_own_nbd_server() {
-        let dir = tempfile::tempdir().unwrap();
-        let (image, dest) = (dir.path().join("disk.raw"), dir.path().join("replica/disk.raw"));
-        std::fs::write(&image, pattern(1)).unwrap();
-        let daemon = daemon(dir.path(), &image, "raw", false);
+        let (_dir, image, dest, daemon) = raw_image(1, false);
         let disk = QemuDisk { nbd: None, ..disk(&daemon) };
         let mut qmp = Qmp::connect(&disk.monitor).unwrap();
         qmp.execute("block-dirty-bitmap-add", json!({"node": "drive0", "name": "arca-again-7"})).unwrap();
@@ -525,10 +522,7 @@ mod tests {
 
     #[test]
     fn a_pass_that_fails_leaves_its_changes_for_the_next() {
-        let dir = tempfile::tempdir().unwrap();
-        let (image, dest) = (dir.path().join("disk.raw"), dir.path().join("replica/disk.raw"));
-        std::fs::write(&image, pattern(2)).unwrap();
-        let daemon = daemon(dir.path(), &image, "raw", true);
+        let (dir, image, dest, daemon) = raw_image(2, true);
         let tracked = Tracked::open(Mirror::new(&image, &dest), disk(&daemon), "arca-retry").unwrap();
         tracked.sync_all().unwrap();
         let mut guest = nbd::Client::connect(&daemon.nbd(), "vm", None).unwrap();

@@ -145,13 +145,17 @@ fn run(args: &Args, dir: &Path) -> anyhow::Result<()> {
             load: mark.report(),
         });
     }
+    let blocks = ((args.image_mib as f64 * args.image_change_percent / 100.0).round() as usize).max(1);
+    // Each image stream starts from a copy of the generated image, in a folder of its own.
+    let image_copy = |work: &Path| -> anyhow::Result<(PathBuf, PathBuf)> {
+        let (source, dest) = (work.join("src/disk.img"), work.join("dst/disk.img"));
+        fs::create_dir_all(work.join("src"))?;
+        fs::copy(&image, &source)?;
+        Ok((source, dest))
+    };
     if args.only.iter().any(|p| p == "image") {
         let mark = CpuMark::now();
-        let source = dir.join("image-replica/src/disk.img");
-        fs::create_dir_all(source.parent().expect("a folder"))?;
-        fs::copy(&image, &source)?;
-        let blocks = ((args.image_mib as f64 * args.image_change_percent / 100.0).round() as usize).max(1);
-        let dest = dir.join("image-replica/dst/disk.img");
+        let (source, dest) = image_copy(&dir.join("image-replica"))?;
         let image = OpenOptions::new().write(true).open(&source)?;
         let mut write = |at, data: &[u8]| image.write_all_at(data, at);
         let lag =
@@ -171,10 +175,7 @@ fn run(args: &Args, dir: &Path) -> anyhow::Result<()> {
     if args.only.iter().any(|p| p == "image-qemu") {
         let mark = CpuMark::now();
         let work = dir.join("image-qemu");
-        let (source, dest) = (work.join("src/disk.img"), work.join("dst/disk.img"));
-        fs::create_dir_all(source.parent().expect("a folder"))?;
-        fs::copy(&image, &source)?;
-        let blocks = ((args.image_mib as f64 * args.image_change_percent / 100.0).round() as usize).max(1);
+        let (source, dest) = image_copy(&work)?;
         let lag = {
             let daemon = StorageDaemon::start(&work, &source, DaemonOptions { nbd: true, ..DaemonOptions::default() });
             let disk = QemuDisk { monitor: daemon.monitor(), node: "drive0".into(), nbd: Some(daemon.nbd()) };
