@@ -134,6 +134,10 @@ enum Command {
     Prune {
         #[arg(long)]
         dry_run: bool,
+        /// Delete a pack only once nothing has used it for this long, across two prunes
+        /// (`30m`, `2h`, `0s` deletes at once; default 1h, or ARCA_GC_GRACE_SECS)
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<std::time::Duration>,
     },
     /// Manage the passphrases that open the repository
     Key {
@@ -593,9 +597,10 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Forget(args) => run_forget(g, args),
-        Command::Prune { dry_run } => {
+        Command::Prune { dry_run, grace } => {
             let repo = open(g)?;
-            let report = prune(&repo, &PruneOptions { dry_run, ..PruneOptions::default() })?;
+            let defaults = PruneOptions::default();
+            let report = prune(&repo, &PruneOptions { dry_run, grace: grace.unwrap_or(defaults.grace), ..defaults })?;
             if g.json {
                 print_json(&report);
             } else {
@@ -608,6 +613,14 @@ fn run(cli: Cli) -> Result<u8> {
                     report.unindexed_packs_deleted,
                     report.bytes_freed
                 );
+                if let Some(after) = report.next_deletion_after {
+                    println!(
+                        "{} unused packs ({} bytes) wait for their grace period: a prune after {} deletes them",
+                        report.packs_pending,
+                        report.bytes_pending,
+                        after.format("%Y-%m-%d %H:%M:%S UTC")
+                    );
+                }
             }
             Ok(0)
         }
@@ -630,6 +643,10 @@ fn run(cli: Cli) -> Result<u8> {
                     } else {
                         for k in keys {
                             let mark = if k.current { "*" } else { " " };
+                            if k.damaged {
+                                println!("{mark}{} damaged: the key file cannot be decoded (remove it)", &k.id[..8]);
+                                continue;
+                            }
                             println!(
                                 "{mark}{} {} {}@{}",
                                 &k.id[..8],
@@ -695,6 +712,7 @@ fn run_backup(g: &Global, args: BackupArgs) -> Result<u8> {
         time: None,
         progress: Some(progress.clone()),
         excludes: args.exclude,
+        job: None,
     };
     let reporter = progress::show_backup(g.json, g.quiet || !std::io::stderr().is_terminal(), progress);
     let outcome = backup(&repo, source, &options);

@@ -151,22 +151,72 @@ pub fn run(args: ServerArgs) -> Result<u8> {
     result.map(|()| 0)
 }
 
+/// Where `arca server` notes the process id of the nats-server it started.
+const NATS_PID_FILE: &str = "nats.pid";
+
+/// Has the kernel stop the child (SIGTERM) when this process dies, however it dies.
+fn stop_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs in the forked child before exec and only makes one
+    // async-signal-safe system call; it touches no memory shared with the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Stops a nats-server that an earlier `arca server` on this data folder started and that
+/// outlived it (the kernel signals it when its parent dies, but it may still be stopping).
+fn stop_leftover_nats(data_dir: &Path) -> Result<()> {
+    let Ok(pid) = std::fs::read_to_string(data_dir.join(NATS_PID_FILE)) else { return Ok(()) };
+    let Ok(pid) = pid.trim().parse::<u32>() else { return Ok(()) };
+    let ours = |pid: u32| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+            let store = data_dir.join("nats");
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.iter().any(|a| a.ends_with(b"nats-server")) && args.contains(&store.as_os_str().as_encoded_bytes())
+        })
+    };
+    if !ours(pid) {
+        return Ok(());
+    }
+    eprintln!("arca server: stopping the nats-server (pid {pid}) an earlier run left behind");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut signal = "-TERM";
+    while ours(pid) {
+        Command::new("kill").args([signal, &pid.to_string()]).stderr(Stdio::null()).status()?;
+        if Instant::now() > deadline {
+            signal = "-KILL";
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 /// Starts `nats-server -js` on `127.0.0.1:port` with its store in `data_dir/nats`.
 fn start_nats(data_dir: &Path, port: u16) -> Result<(String, NatsChild)> {
+    stop_leftover_nats(data_dir)?;
     if TcpStream::connect(("127.0.0.1", port)).is_ok() {
         bail!("port {port} is taken: pass --nats URL to use that server, or --nats-port for another port");
     }
     let program = nats_server_program()?;
     let log_path = data_dir.join("nats.log");
     let log = std::fs::File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
-    let child = Command::new(&program)
+    let mut command = Command::new(&program);
+    command
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(data_dir.join("nats"))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("start {}", program.display()))?;
+        .stderr(log);
+    stop_with_parent(&mut command);
+    let child = command.spawn().with_context(|| format!("start {}", program.display()))?;
+    std::fs::write(data_dir.join(NATS_PID_FILE), child.id().to_string())?;
     let mut child = NatsChild(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -194,6 +194,10 @@ impl Running {
         self.0.as_mut().expect("running").stdin.take().expect("stdin is piped")
     }
 
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+
     pub fn wait_with_output(mut self) -> Output {
         self.0.take().expect("running").wait_with_output().expect("wait for arca")
     }
@@ -212,5 +216,12 @@ impl Env {
     /// Starts `arca args…` with piped stdin and stdout.
     pub fn spawn(&self, args: &[&str]) -> Running {
         Running(Some(self.cmd().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawn arca")))
+    }
+
+    /// Like [`Env::spawn`], with stderr piped too (read it with `wait_with_output`).
+    pub fn spawn_capturing(&self, args: &[&str]) -> Running {
+        let mut cmd = self.cmd();
+        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        Running(Some(cmd.spawn().expect("spawn arca")))
     }
 }

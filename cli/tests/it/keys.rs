@@ -5,7 +5,36 @@ use arca_testkit::Backend;
 use crate::helpers::Env;
 use crate::on_every_backend;
 
-on_every_backend!(init_wrong_passphrase_and_keys, init_twice_is_refused, an_interrupted_init_is_finished_by_the_next);
+on_every_backend!(
+    init_wrong_passphrase_and_keys,
+    init_twice_is_refused,
+    an_interrupted_init_is_finished_by_the_next,
+    a_damaged_key_file_locks_no_other_key_out
+);
+
+/// A key file that cannot be decoded is skipped: the other keys still open the repository,
+/// and its own passphrase is told its key is damaged, not merely that it is wrong.
+fn a_damaged_key_file_locks_no_other_key_out(backend: Backend) {
+    let env = Env::init(backend);
+    let out = env.cmd().args(["key", "add", "--json"]).env("ARCA_NEW_PASSWORD", "second secret").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let added = crate::helpers::last_json(&String::from_utf8_lossy(&out.stdout))["id"].as_str().unwrap().to_string();
+    let first = env.objects().into_iter().find(|o| o.starts_with("keys/") && !o.ends_with(&added)).unwrap();
+    env.repo_backend().write(&first, b"{\"version\": 1, \"trunc".to_vec()).unwrap();
+
+    let second = |args: &[&str]| env.cmd().args(args).env("ARCA_PASSWORD", "second secret").output().unwrap();
+    let listed = second(&["snapshots"]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let (_, err) = env.fails(&["snapshots"]);
+    assert!(err.contains("damaged") && err.contains(&first), "{err}");
+    // `key list` shows it as damaged; it can be removed, and the intact key stays the last one.
+    let keys = second(&["key", "list", "--json"]);
+    let keys = crate::helpers::last_json(&String::from_utf8_lossy(&keys.stdout));
+    assert!(keys.as_array().unwrap().iter().any(|k| k["damaged"] == true), "{keys}");
+    let damaged_id = first.trim_start_matches("keys/");
+    assert!(second(&["key", "remove", &damaged_id[..12]]).status.success());
+    assert!(!second(&["key", "remove", &added[..12]]).status.success(), "the last intact key stays");
+}
 
 fn init_wrong_passphrase_and_keys(backend: Backend) {
     let env = Env::init(backend);

@@ -11,6 +11,7 @@ mod copy;
 mod crash;
 mod deps;
 mod folders;
+mod gc;
 mod instant;
 mod keys;
 mod platform;

@@ -978,6 +978,67 @@ fn a_site_worker_takes_only_its_sites_jobs_and_at_most_its_limit_at_once() {
     }
 }
 
+/// The server is killed the moment a scheduled backup's snapshot reaches the repository,
+/// before the catalog records it. The retried job adopts that snapshot instead of writing
+/// another, and retention (keep-last 2) counts only recorded restore points: afterwards the
+/// user still has two, and the repository holds exactly those.
+#[test]
+fn a_backup_retried_after_a_kill_keeps_every_restore_point() {
+    let work = tempfile::tempdir().unwrap();
+    let (source_dir, repo) = (work.path().join("src"), work.path().join("repo"));
+    make_source(&source_dir);
+    let server_args = ["--ack-wait-seconds", "2", "--retry-backoff-seconds", "1"];
+    let mut platform = Platform::new().all_in_one_with(&server_args);
+    let [tenant, target, _, policy] =
+        define(&platform, &source_dir, &repo, &[], &["--every", "3600", "--keep-last", "2"]);
+    let target: TargetId = target.parse().unwrap();
+    let mut kept = Vec::new();
+    for round in 0..2u64 {
+        write(&source_dir.join("a/changing.bin"), &noise(1 << 20, 10 + round));
+        let job = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
+        kept.push(platform.wait_succeeded(&tenant, &job)["snapshot"].as_str().unwrap().to_owned());
+    }
+    let repo_snapshots = || std::fs::read_dir(repo.join("snapshots")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(repo_snapshots(), 2);
+
+    write(&source_dir.join("a/changing.bin"), &noise(1 << 20, 12));
+    let job = platform.arca(&["policy", "run", "--tenant", &tenant, &policy]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while repo_snapshots() == 2 {
+        assert!(Instant::now() < deadline, "the backup never wrote its snapshot:\n{}", platform.log("server"));
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    platform.kill("server");
+    let platform = platform.all_in_one_with(&server_args);
+    let done = platform.wait_succeeded(&tenant, &job);
+    assert!(done["attempt"].as_u64().unwrap() >= 2, "the kill came before the job ended: {done}");
+    let forget = arca_worker::ids::follow_up_job_id(job.parse().unwrap(), JobKind::Forget, Some(target));
+    let forget = platform.wait_succeeded(&tenant, &forget.to_string());
+    assert_eq!(forget["files"], 1, "keep-last 2 of three restore points forgets one: {forget}");
+
+    let mut expected = vec![kept[1].clone(), done["snapshot"].as_str().unwrap().to_owned()];
+    expected.sort();
+    // The catalog follows the log a moment later.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = catalog_query(&platform.nats.url, "snapshots.list", serde_json::json!({ "tenant": tenant }));
+        let mut restore_points: Vec<String> = listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["status"] == "committed")
+            .map(|s| s["id"].as_str().unwrap().to_owned())
+            .collect();
+        restore_points.sort();
+        if restore_points == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the previous restore point and the new one, got: {listed}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(repo_snapshots(), 2, "the repository holds exactly the recorded restore points");
+}
+
 #[test]
 fn a_locked_snapshot_survives_retention_and_prune() {
     let work = tempfile::tempdir().unwrap();

@@ -79,6 +79,7 @@ fn craft(env: &Env, build: impl FnOnce(&dyn Fn(&Tree) -> arca_repo::format::Blob
         partial: false,
         summary: Default::default(),
         locked_until: None,
+        job: None,
     };
     repo.save_snapshot(&snapshot).unwrap()
 }

@@ -115,3 +115,51 @@ fn server_refuses_a_taken_port_with_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("port {port} is taken")), "{stderr}");
 }
+
+/// `arca server` killed with SIGKILL leaves no nats-server behind (it stops with its parent,
+/// or the next start stops what is left): restarting works every time.
+#[test]
+fn server_restarts_after_kill_9_five_times_out_of_five() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    for round in 1..=5 {
+        let log_path = data.path().join(format!("server-{round}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut server = Command::new(env!("CARGO_BIN_EXE_arca"))
+            .args([
+                "server",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--nbd-addr",
+                "127.0.0.1:0",
+                "--nats-port",
+                &port.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(data.path())
+            .env("ARCA_NATS_SERVER", arca_testkit::tool("nats-server"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if log.contains("arca server: API") {
+                break;
+            }
+            if let Some(status) = server.try_wait().unwrap() {
+                panic!("start {round} of 5 failed ({status}):\n{log}");
+            }
+            assert!(Instant::now() < deadline, "start {round} of 5 never served:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server.kill().unwrap();
+        server.wait().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "the last nats-server outlived its arca server");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

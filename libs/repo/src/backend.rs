@@ -288,6 +288,22 @@ impl Backend {
         })
     }
 
+    /// When the object was last written, by the store's clock.
+    pub fn modified(&self, path: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+        self.rt.block_on(async {
+            let meta = match self.op.stat(path).await {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Err(Error::NotFound(format!("object `{path}`"))),
+                Err(e) => return Err(Self::storage_err("stat", path)(e)),
+            };
+            let at =
+                meta.last_modified().ok_or_else(|| Error::corrupt(path, "the store reports no modification time"))?;
+            let at = at.into_inner();
+            chrono::DateTime::from_timestamp(at.as_second(), at.subsec_nanosecond().max(0) as u32)
+                .ok_or_else(|| Error::corrupt(path, "modification time out of range"))
+        })
+    }
+
     /// Writes (or replaces) an object.
     pub fn write(&self, path: &str, data: Vec<u8>) -> Result<()> {
         self.rt.block_on(write_async(&self.op, path, data))

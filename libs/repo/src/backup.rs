@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::format::{
     BackupMode, BackupSummary, BlobId, BlobKind, ChunkRef, Node, NodeKind, Snapshot, SourceKind, Tree, to_msgpack,
 };
+use crate::gc::WriteGuard;
 use crate::lock::Lease;
 use crate::pipeline::{BlobSink, Pipeline};
 use crate::repository::{Index, Repository, TreeLoader};
@@ -68,6 +69,8 @@ pub struct BackupOptions {
     pub time: Option<chrono::DateTime<chrono::Utc>>,
     /// Live counters the caller can poll.
     pub progress: Option<Arc<Progress>>,
+    /// The platform job this backup runs for, recorded in the snapshot.
+    pub job: Option<String>,
     /// Entries left out, with everything below them: a pattern with a `/` is matched
     /// against the whole absolute path (`/home/*/.cache`, `**/node_modules`), one without
     /// against each entry's name (`*.tmp`, `.git`). `*` stays within one path segment, `**`
@@ -148,10 +151,30 @@ pub struct BackupOutcome {
 }
 
 /// Backs up `source` into `repo` and writes a snapshot.
+///
+/// If a prune removed data the backup relied on while it ran (see [`crate::gc`]), a backup of
+/// files or an image runs once more, storing that data anew; a stream cannot be read twice,
+/// so its backup fails with [`Error::DataRemoved`] and writes no snapshot.
 pub fn backup(repo: &Repository, source: BackupSource, options: &BackupOptions) -> Result<BackupOutcome> {
+    let again = match &source {
+        BackupSource::Paths(paths) => Some(BackupSource::Paths(paths.clone())),
+        BackupSource::Image(path) => Some(BackupSource::Image(path.clone())),
+        BackupSource::Stdin { .. } | BackupSource::Command { .. } | BackupSource::Commands(_) => None,
+    };
+    match (backup_once(repo, source, options), again) {
+        (Err(e @ Error::DataRemoved { .. }), Some(source)) => {
+            tracing::warn!("{e}: backing up again");
+            backup_once(repo, source, options)
+        }
+        (outcome, _) => outcome,
+    }
+}
+
+fn backup_once(repo: &Repository, source: BackupSource, options: &BackupOptions) -> Result<BackupOutcome> {
     let started = Instant::now();
     let excludes = Excludes::new(&options.excludes)?;
     let _lease = Lease::acquire(repo, false, "backup")?;
+    let guard = WriteGuard::begin(repo, "backup")?;
     let index = Arc::new(repo.load_index()?);
     tracing::debug!(elapsed = ?started.elapsed(), blobs = index.blobs.len(), "index loaded");
     let hostname =
@@ -251,8 +274,10 @@ pub fn backup(repo: &Repository, source: BackupSource, options: &BackupOptions) 
         partial,
         summary,
         locked_until: None,
+        job: options.job.clone(),
     };
-    let snapshot_id = repo.save_snapshot(&snapshot)?;
+    let written = guard.commit(repo, &[snapshot.tree], || Ok(vec![repo.save_snapshot(&snapshot)?]))?;
+    let snapshot_id = written.into_iter().next().expect("one snapshot written");
     Ok(BackupOutcome { snapshot_id, snapshot, warnings })
 }
 

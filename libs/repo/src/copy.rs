@@ -34,6 +34,7 @@ use crate::backend::Backend;
 use crate::crypto::FLAG_ZSTD;
 use crate::error::{Error, Result};
 use crate::format::{BlobId, Snapshot, SnapshotMap};
+use crate::gc::WriteGuard;
 use crate::lock::Lease;
 use crate::pipeline::{BlobSink, Pipeline};
 use crate::repository::{Index, InitOptions, Location, Repository, RepositoryIdentity, TreeLoader, paths};
@@ -228,6 +229,7 @@ pub fn copy_snapshots(
     }
 
     let _lease = Lease::acquire(destination, false, "copy")?;
+    let guard = WriteGuard::begin(destination, "copy")?;
     let source_index = source.load_index()?;
     let destination_index = Arc::new(destination.load_index()?);
     let referenced = referenced_blobs(source, &source_index, to_copy.iter().map(|(_, s)| &s.tree))?;
@@ -272,35 +274,43 @@ pub fn copy_snapshots(
     // Every pack and index is written: now the manifests, oldest first so parents map. Look
     // again at what the destination holds, so a copy of the same snapshots that finished
     // meanwhile is not written twice.
-    in_destination.extend(destination.snapshots()?.into_iter().map(|(id, s)| (snapshot_key(&s), id)));
-    let mut destination_ids: HashMap<String, String> = HashMap::new();
-    for (id, snapshot) in &selected {
-        let key = snapshot_key(snapshot);
-        let (destination_id, copied) = match in_destination.get(&key) {
-            Some(existing) => (existing.clone(), false),
-            None => {
-                let mut copy = snapshot.clone();
-                copy.parent = snapshot.parent.as_ref().map(|p| {
-                    destination_ids
-                        .get(p)
-                        .cloned()
-                        .or_else(|| source_snapshots.get(p).and_then(|s| in_destination.get(&snapshot_key(s)).cloned()))
-                        .unwrap_or_else(|| p.clone())
-                });
-                let new_id = destination.save_snapshot(&copy)?;
-                in_destination.insert(key, new_id.clone());
-                (new_id, true)
+    let roots: Vec<BlobId> = to_copy.iter().map(|(_, s)| s.tree).collect();
+    guard.commit(destination, &roots, || {
+        let mut written = Vec::new();
+        in_destination.extend(destination.snapshots()?.into_iter().map(|(id, s)| (snapshot_key(&s), id)));
+        let mut destination_ids: HashMap<String, String> = HashMap::new();
+        for (id, snapshot) in &selected {
+            let key = snapshot_key(snapshot);
+            let (destination_id, copied) = match in_destination.get(&key) {
+                Some(existing) => (existing.clone(), false),
+                None => {
+                    let mut copy = snapshot.clone();
+                    copy.parent = snapshot.parent.as_ref().map(|p| {
+                        destination_ids
+                            .get(p)
+                            .cloned()
+                            .or_else(|| {
+                                source_snapshots.get(p).and_then(|s| in_destination.get(&snapshot_key(s)).cloned())
+                            })
+                            .unwrap_or_else(|| p.clone())
+                    });
+                    let new_id = destination.save_snapshot(&copy)?;
+                    written.push(new_id.clone());
+                    in_destination.insert(key, new_id.clone());
+                    (new_id, true)
+                }
+            };
+            destination_ids.insert(id.clone(), destination_id.clone());
+            if copied {
+                report.snapshots_copied += 1;
+            } else {
+                report.snapshots_skipped += 1;
             }
-        };
-        destination_ids.insert(id.clone(), destination_id.clone());
-        if copied {
-            report.snapshots_copied += 1;
-        } else {
-            report.snapshots_skipped += 1;
+            progress.snapshots_done.fetch_add(1, Ordering::Relaxed);
+            report.snapshots.push(CopiedSnapshot { source_id: id.clone(), destination_id, copied });
         }
-        progress.snapshots_done.fetch_add(1, Ordering::Relaxed);
-        report.snapshots.push(CopiedSnapshot { source_id: id.clone(), destination_id, copied });
-    }
+        Ok(written)
+    })?;
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }

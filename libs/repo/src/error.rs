@@ -58,6 +58,12 @@ pub enum Error {
     /// A source command (`--command`) or hook failed.
     #[error("command `{command}` failed: {reason}")]
     Command { command: String, reason: String },
+    /// A prune removed data this write relied on while it ran; nothing was recorded, and
+    /// running it again stores the data anew (see [`crate::gc`]).
+    #[error(
+        "a prune removed {blobs} blob(s) this {operation} relied on while it ran; nothing was recorded — run it again"
+    )]
+    DataRemoved { operation: &'static str, blobs: usize },
     /// The caller asked the operation to stop ([`crate::backup::Progress::cancel`]).
     #[error("cancelled")]
     Cancelled,
@@ -79,7 +85,7 @@ impl Error {
                 source.is_temporary()
                     || matches!(source.kind(), opendal::ErrorKind::Unexpected | opendal::ErrorKind::RateLimited)
             }
-            Error::Locked(_) => true,
+            Error::Locked(_) | Error::DataRemoved { .. } => true,
             _ => false,
         }
     }

@@ -243,6 +243,10 @@ pub struct Snapshot {
     /// Locked snapshots are kept by forget and prune until this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locked_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// The platform job that wrote it, so a retried job finds the snapshot an earlier
+    /// attempt wrote before it could be recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 /// The repository config, sealed with the master key.
@@ -285,6 +289,14 @@ pub struct KeyFile {
 pub struct LockFile {
     pub exclusive: bool,
     pub hostname: String,
+    /// The holder's random instance id (what names it; the pid alone never does).
+    #[serde(default)]
+    pub instance: String,
+    /// The boot and PID namespace the pid belongs to (empty in leases of older versions).
+    #[serde(default)]
+    pub boot_id: String,
+    #[serde(default)]
+    pub pid_namespace: String,
     pub pid: u32,
     pub operation: String,
     pub created: chrono::DateTime<chrono::Utc>,

@@ -2,6 +2,13 @@
 //! server: backups take shared leases, prune an exclusive one. A lease is refreshed
 //! while its holder works; one not refreshed for [`STALE_AFTER`] belongs to a dead
 //! process and is ignored.
+//!
+//! Leases are a courtesy: they keep prune from running beside a backup in the usual case,
+//! but nothing depends on them for safety (a paused holder loses its lease; see [`crate::gc`]
+//! for what keeps data safe). A holder is named by a random instance id. Its process id
+//! only ever speeds up recovery after a crash: a lease is taken for dead before it goes stale
+//! only when it was written on this host, in this boot and in this PID namespace by a
+//! process that no longer exists — never from another container that shares the host name.
 
 use std::time::Duration;
 
@@ -45,10 +52,45 @@ pub fn live_leases(repo: &Repository) -> Result<Vec<(String, LockFile)>> {
     Ok(out)
 }
 
-/// A lease taken on this host by a process that no longer exists was left by a crash.
+/// A lease written in this very process table (same host, boot and PID namespace) by a
+/// process that no longer exists was left by a crash.
 fn holder_is_gone(lock: &LockFile) -> bool {
-    lock.hostname == gethostname::gethostname().to_string_lossy()
+    let here = ProcessTable::current();
+    !here.boot_id.is_empty()
+        && !here.pid_namespace.is_empty()
+        && lock.hostname == gethostname::gethostname().to_string_lossy()
+        && lock.boot_id == here.boot_id
+        && lock.pid_namespace == here.pid_namespace
         && !std::path::Path::new(&format!("/proc/{}", lock.pid)).exists()
+}
+
+/// Which process table a process id belongs to.
+struct ProcessTable {
+    boot_id: String,
+    pid_namespace: String,
+}
+
+impl ProcessTable {
+    fn current() -> ProcessTable {
+        ProcessTable {
+            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            pid_namespace: std::fs::read_link("/proc/self/ns/pid")
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// This process's random instance id, written into its leases and sweep records.
+pub fn instance_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let mut id = [0u8; 8];
+        crate::crypto::random_bytes(&mut id);
+        hex::encode(id)
+    })
 }
 
 /// Removes leases that are stale; returns how many.
@@ -67,8 +109,9 @@ pub fn remove_stale_leases(repo: &Repository) -> Result<usize> {
 
 fn describe(lock: &LockFile) -> String {
     format!(
-        "{} by pid {} on {} since {}",
+        "{} by instance {} (pid {}) on {} since {}",
         lock.operation,
+        if lock.instance.is_empty() { "?" } else { &lock.instance },
         lock.pid,
         lock.hostname,
         lock.created.format("%Y-%m-%d %H:%M:%S UTC")
@@ -81,9 +124,13 @@ impl Lease {
     /// two racing writers cannot both proceed.
     pub fn acquire(repo: &Repository, exclusive: bool, operation: &str) -> Result<Lease> {
         let now = chrono::Utc::now();
+        let table = ProcessTable::current();
         let lock = LockFile {
             exclusive,
             hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+            instance: instance_id().to_string(),
+            boot_id: table.boot_id,
+            pid_namespace: table.pid_namespace,
             pid: std::process::id(),
             operation: operation.to_string(),
             created: now,

@@ -1,9 +1,11 @@
 //! Retention (`forget`) and garbage collection (`prune`).
 //!
-//! Prune holds the exclusive lease, finds every blob that snapshots still use, deletes
-//! packs with nothing in use, and copies the used blobs out of packs that are mostly
-//! garbage (sealed bytes are copied as they are; nothing is decrypted). Order keeps a
-//! killed prune harmless: new packs and their index, then one index for the kept packs
+//! Prune finds every blob that snapshots still use, copies the used blobs out of packs that
+//! are mostly garbage (sealed bytes are copied as they are; nothing is decrypted), and
+//! deletes packs that have stayed unused for the grace period (see [`crate::gc`] for the
+//! protocol that keeps concurrent backups safe). It refuses to delete anything while the
+//! index does not cover what snapshots use. Order keeps a killed prune harmless: the sweep
+//! record, the candidate mark, new packs and their index, then one index for the kept packs
 //! that supersedes the old index files, then deleting old index files, then packs.
 
 use std::collections::{BTreeMap, HashSet};
@@ -11,11 +13,11 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::{DateTime, Datelike, Timelike, Utc};
 
 use crate::error::{Error, Result};
-use crate::format::{BlobId, IndexFile, IndexedPack, NodeKind, RetentionPolicy, Snapshot, SnapshotMap};
+use crate::format::{BlobId, IndexFile, IndexedPack, PackEntry, RetentionPolicy, Snapshot, SnapshotMap};
+use crate::gc::{Marks, Sweep, UsedBlobs, used_blobs};
 use crate::lock::Lease;
 use crate::packer::{Packer, SealedBlob};
-use crate::repository::{Repository, TreeLoader, paths};
-use crate::restore::walk_tree;
+use crate::repository::{Index, Repository, paths};
 
 /// Why a snapshot is kept (or that it is not).
 #[derive(Clone, Debug, serde::Serialize)]
@@ -99,11 +101,21 @@ pub struct PruneOptions {
     pub dry_run: bool,
     /// Repack a pack when more than this share of its bytes is unused.
     pub repack_unused_share: f64,
+    /// A pack is deleted only once it has stayed unused for this long, across two prunes
+    /// (see [`crate::gc`]). Zero deletes unused packs at once: still safe, but a backup
+    /// running meanwhile that relied on them must then run again.
+    pub grace: std::time::Duration,
+}
+
+/// The grace period of prunes that do not set one (`ARCA_GC_GRACE_SECS`, default one hour).
+pub fn default_grace() -> std::time::Duration {
+    let secs = std::env::var("ARCA_GC_GRACE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(3600);
+    std::time::Duration::from_secs(secs)
 }
 
 impl Default for PruneOptions {
     fn default() -> Self {
-        PruneOptions { dry_run: false, repack_unused_share: 0.3 }
+        PruneOptions { dry_run: false, repack_unused_share: 0.3, grace: default_grace() }
     }
 }
 
@@ -116,103 +128,171 @@ pub struct PruneReport {
     pub blobs_repacked: u64,
     pub bytes_freed: u64,
     pub index_files_replaced: u64,
+    /// Unused packs still inside their grace period: a later prune deletes them.
+    pub packs_pending: u64,
+    pub bytes_pending: u64,
+    /// When the oldest pending pack may go (store time), if any is pending.
+    pub next_deletion_after: Option<DateTime<Utc>>,
 }
 
-/// Blob ids that any snapshot still uses (trees and content).
-fn used_blobs(repo: &Repository, index: &crate::repository::Index) -> Result<HashSet<BlobId>> {
-    let loader = TreeLoader::new(repo, index);
-    let mut used = HashSet::new();
-    for (_, snapshot) in repo.snapshots()? {
-        used.insert(snapshot.tree);
-        walk_tree(&loader, &snapshot.tree, b"", &mut |_, node| {
-            match node.kind {
-                NodeKind::File => used.extend(node.content.iter().filter_map(|c| c.0)),
-                NodeKind::Dir => {
-                    if let Some(sub) = node.subtree {
-                        // A folder seen before (unchanged between snapshots) need not be walked again.
-                        return Ok(used.insert(sub));
-                    }
-                }
-                NodeKind::Symlink => {}
-            }
-            Ok(true)
-        })?;
+/// Refuses to garbage-collect an index that does not cover what snapshots use: whatever it
+/// deleted could be data that is only missing from the index.
+fn refuse_if_index_incomplete(used: &UsedBlobs, missing_packs: &[String]) -> Result<()> {
+    if let Some(first) = used.unindexed.iter().min() {
+        return Err(Error::Refused(format!(
+            "the index does not cover what snapshots use: {} blob(s) are in no index file (first: {first}); \
+             nothing was deleted — run `arca repair index` to rebuild the index from the packs",
+            used.unindexed.len()
+        )));
     }
-    Ok(used)
+    if let Some(first) = missing_packs.first() {
+        return Err(Error::Refused(format!(
+            "{} pack(s) holding data that snapshots use are missing (first: {first}); nothing was deleted — \
+             run `arca check` to see which snapshots are damaged",
+            missing_packs.len()
+        )));
+    }
+    Ok(())
 }
 
-pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
-    let _lease = Lease::acquire(repo, true, "prune")?;
-    let index = repo.load_index()?;
-    let used = used_blobs(repo, &index)?;
-    let mut report = PruneReport::default();
-    let mut keep: Vec<IndexedPack> = Vec::new();
-    let mut drop_packs: Vec<(String, u64)> = Vec::new();
-    let mut repack: Vec<(String, u64, Vec<crate::format::PackEntry>)> = Vec::new();
+/// A pack that nothing uses: deleted once its grace period is over.
+struct Candidate {
+    id: String,
+    size: u64,
+    indexed: bool,
+}
+
+/// What prune found: packs to keep as they are, to repack, and that nothing uses.
+#[derive(Default)]
+struct Plan {
+    keep: Vec<IndexedPack>,
+    repack: Vec<(String, u64, Vec<PackEntry>)>,
+    candidates: Vec<Candidate>,
+}
+
+fn plan(index: &Index, listed: &BTreeMap<String, u64>, used: &UsedBlobs, options: &PruneOptions) -> Result<Plan> {
+    let mut plan = Plan::default();
+    let mut missing_packs = Vec::new();
     let mut placed: HashSet<BlobId> = HashSet::new();
     for (pack_no, pack) in index.packs.iter().enumerate() {
         let entries = &index.pack_entries[&pack.id];
         // A blob counts where the index points at it; its copies elsewhere are garbage.
         let live: Vec<_> = entries
             .iter()
-            .filter(|e| used.contains(&e.id) && index.blobs[&e.id].pack == pack_no as u32 && placed.insert(e.id))
+            .filter(|e| used.blobs.contains(&e.id) && index.blobs[&e.id].pack == pack_no as u32 && placed.insert(e.id))
             .copied()
             .collect();
         let live_bytes: u64 = live.iter().map(|e| e.length as u64).sum();
         let total: u64 = entries.iter().map(|e| e.length as u64).sum::<u64>().max(1);
         if live.is_empty() {
-            drop_packs.push((pack.id.clone(), pack.size));
+            // An unused pack already gone needs no grace: only its index entry is left.
+            if listed.contains_key(&pack.id) {
+                plan.candidates.push(Candidate { id: pack.id.clone(), size: pack.size, indexed: true });
+            }
+        } else if !listed.contains_key(&pack.id) {
+            missing_packs.push(pack.id.clone());
         } else if (total - live_bytes) as f64 / total as f64 > options.repack_unused_share {
-            repack.push((pack.id.clone(), pack.size, live));
+            plan.repack.push((pack.id.clone(), pack.size, live));
         } else {
-            keep.push(IndexedPack { id: pack.id.clone(), size: pack.size, entries: entries.clone() });
+            plan.keep.push(IndexedPack { id: pack.id.clone(), size: pack.size, entries: entries.clone() });
         }
     }
-    let indexed: HashSet<&str> = index.packs.iter().map(|p| p.id.as_str()).collect();
-    let unindexed: Vec<(String, u64)> = repo
+    refuse_if_index_incomplete(used, &missing_packs)?;
+    plan.candidates.extend(
+        listed.iter().filter(|(id, _)| !index.pack_entries.contains_key(*id)).map(|(id, size)| Candidate {
+            id: id.clone(),
+            size: *size,
+            indexed: false,
+        }),
+    );
+    Ok(plan)
+}
+
+pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
+    let _lease = Lease::acquire(repo, true, "prune")?;
+    // The sweep record goes first: writers that loaded their index before it compare their
+    // data with what exists once it is done (see `gc`).
+    let sweep = if options.dry_run { None } else { Some(Sweep::start(repo)?) };
+    let index = repo.load_index()?;
+    let listed: BTreeMap<String, u64> = repo
         .backend()
         .list(paths::DATA)?
         .into_iter()
         .filter_map(|l| l.name.rsplit('/').next().map(|id| (id.to_string(), l.size)))
-        .filter(|(id, _)| !indexed.contains(id.as_str()))
         .collect();
-    report.packs_kept = keep.len() as u64;
-    report.packs_deleted = drop_packs.len() as u64;
-    report.packs_repacked = repack.len() as u64;
-    report.unindexed_packs_deleted = unindexed.len() as u64;
-    report.blobs_repacked = repack.iter().map(|(_, _, live)| live.len() as u64).sum();
-    report.bytes_freed = drop_packs.iter().chain(&unindexed).map(|(_, size)| size).sum::<u64>()
-        + repack.iter().map(|(_, size, live)| size - live.iter().map(|e| e.length as u64).sum::<u64>()).sum::<u64>();
-    let nothing_to_do = drop_packs.is_empty() && repack.is_empty() && unindexed.is_empty();
-    if options.dry_run || (nothing_to_do && index.files.len() <= 1) {
+    let snapshots = repo.snapshots()?;
+    let used = used_blobs(repo, &index, snapshots.values().map(|s| s.tree))?;
+    let Plan { mut keep, repack, candidates } = plan(&index, &listed, &used, options)?;
+
+    // 1. Mark every unused pack (and those about to be repacked) with when it was first found
+    //    unused; only those unused for the whole grace period are deleted now.
+    let marks = Marks::read(repo)?;
+    let grace = chrono::Duration::from_std(options.grace).unwrap_or(chrono::Duration::MAX);
+    let (now, since) = match &sweep {
+        Some(_) => {
+            marks.write(repo, candidates.iter().map(|c| c.id.clone()).chain(repack.iter().map(|r| r.0.clone())))?
+        }
+        None => (Utc::now(), marks.since.clone()),
+    };
+    let due = |id: &str| options.grace.is_zero() || since.get(id).is_some_and(|t| *t <= now - grace);
+    let (delete, pending): (Vec<Candidate>, Vec<Candidate>) = candidates.into_iter().partition(|c| due(&c.id));
+    let mut report = PruneReport {
+        packs_kept: keep.len() as u64,
+        packs_deleted: delete.iter().filter(|c| c.indexed).count() as u64,
+        unindexed_packs_deleted: delete.iter().filter(|c| !c.indexed).count() as u64,
+        packs_repacked: repack.len() as u64,
+        blobs_repacked: repack.iter().map(|(_, _, live)| live.len() as u64).sum(),
+        bytes_freed: delete.iter().map(|c| c.size).sum(),
+        packs_pending: pending.len() as u64,
+        bytes_pending: pending.iter().map(|c| c.size).sum(),
+        next_deletion_after: pending.iter().filter_map(|c| since.get(&c.id)).min().map(|t| *t + grace),
+        ..PruneReport::default()
+    };
+    // Pending packs stay in the index: a backup may still use their blobs (and then they are
+    // no longer unused).
+    keep.extend(pending.iter().filter(|c| c.indexed).map(|c| IndexedPack {
+        id: c.id.clone(),
+        size: c.size,
+        entries: index.pack_entries[&c.id].clone(),
+    }));
+    let index_changes = !delete.is_empty()
+        || !repack.is_empty()
+        || index.files.len() > 1
+        || index.packs.iter().any(|p| !listed.contains_key(&p.id));
+    let Some(sweep) = sweep else {
         return Ok(report);
-    }
-    // 1. Copy live blobs out of mostly-garbage packs; the packer indexes the new packs.
-    let mut packer = Packer::new(repo);
-    for (pack_id, _, live) in &repack {
-        let bytes = repo.backend().read(&paths::pack(pack_id))?;
-        for e in live {
-            let sealed = bytes
-                .get(e.offset as usize..(e.offset + e.length) as usize)
-                .ok_or_else(|| Error::corrupt(paths::pack(pack_id), "blob beyond pack end"))?
-                .to_vec();
-            packer.add(SealedBlob { id: e.id, kind: e.kind, sealed, raw_length: e.raw_length })?;
+    };
+    if index_changes {
+        // 2. Copy live blobs out of mostly-garbage packs; the packer indexes the new packs.
+        let mut packer = Packer::new(repo);
+        for (pack_id, _, live) in &repack {
+            let bytes = repo.backend().read(&paths::pack(pack_id))?;
+            for e in live {
+                let sealed = bytes
+                    .get(e.offset as usize..(e.offset + e.length) as usize)
+                    .ok_or_else(|| Error::corrupt(paths::pack(pack_id), "blob beyond pack end"))?
+                    .to_vec();
+                packer.add(SealedBlob { id: e.id, kind: e.kind, sealed, raw_length: e.raw_length })?;
+            }
+        }
+        let new_index_files = packer.finish()?.index_files;
+        // 3. One index for the kept packs, superseding every old index file. Repacked packs
+        //    leave the index now and the store once their grace period is over.
+        let old_files = index.files.clone();
+        repo.save_index(&IndexFile { packs: keep, supersedes: old_files.clone() })?;
+        // 4. The old index files, then 5. the packs whose grace period is over.
+        for name in old_files.iter().filter(|n| !new_index_files.contains(n)) {
+            sweep.fence()?;
+            repo.backend().delete(name)?;
+        }
+        report.index_files_replaced = old_files.len() as u64;
+        for candidate in &delete {
+            sweep.fence()?;
+            repo.backend().delete(&paths::pack(&candidate.id))?;
         }
     }
-    let new_index_files = packer.finish()?.index_files;
-    // 2. One index for the kept packs, superseding every old index file.
-    let old_files = index.files.clone();
-    repo.save_index(&IndexFile { packs: keep, supersedes: old_files.clone() })?;
-    // 3. The old index files, then 4. the packs nothing points at any more.
-    for name in old_files.iter().filter(|n| !new_index_files.contains(n)) {
-        repo.backend().delete(name)?;
-    }
-    report.index_files_replaced = old_files.len() as u64;
-    for (pack_id, _) in drop_packs.iter().chain(&unindexed) {
-        repo.backend().delete(&paths::pack(pack_id))?;
-    }
-    for (pack_id, _, _) in &repack {
-        repo.backend().delete(&paths::pack(pack_id))?;
-    }
+    marks.remove_read(repo)?;
+    sweep.remove_dead()?;
+    sweep.finish()?;
     Ok(report)
 }

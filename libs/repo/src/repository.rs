@@ -22,6 +22,9 @@ pub mod paths {
     pub const INDEX: &str = "index/";
     pub const SNAPSHOTS: &str = "snapshots/";
     pub const LOCKS: &str = "locks/";
+    /// Garbage collection's sweep records and candidate marks (see [`crate::gc`]).
+    pub const SWEEPS: &str = "gc/sweeps/";
+    pub const MARKS: &str = "gc/marks/";
 
     pub fn pack(id: &str) -> String {
         format!("data/{}/{id}", &id[..2])
@@ -75,6 +78,9 @@ pub struct KeyInfo {
     pub username: String,
     /// This key opened the repository in this session.
     pub current: bool,
+    /// The key file cannot be decoded (it opens nothing; remove it and add a new key).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub damaged: bool,
 }
 
 /// Where a blob lives.
@@ -245,10 +251,26 @@ impl Repository {
         // interrupted init with the same passphrase (skipped), or a damaged config (reported
         // when no other key opens it).
         let mut unopened = None;
+        // Key files that cannot be decoded: skipped, so they lock no other key out, and named
+        // if no key opens.
+        let mut damaged = Vec::new();
         for key in keys {
             let name = format!("{}{}", paths::KEYS, key.name);
-            let bytes = backend.read(&name)?;
-            if let Some(master) = unwrap_key_file(&bytes, passphrase, &name)? {
+            let bytes = match backend.read(&name) {
+                Ok(bytes) => bytes,
+                Err(Error::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let unwrapped = match unwrap_key_file(&bytes, passphrase, &name) {
+                Ok(unwrapped) => unwrapped,
+                Err(e @ Error::Corrupt { .. }) => {
+                    tracing::warn!("skipping a damaged key file: {e}");
+                    damaged.push(name);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(master) = unwrapped {
                 let plain = match SealKey::new(&master).open(&config_bytes, paths::CONFIG) {
                     Ok((_, plain)) => plain,
                     Err(e) => {
@@ -266,7 +288,16 @@ impl Repository {
                 return Ok(Self::from_parts(backend, master, config, key.name));
             }
         }
-        Err(unopened.unwrap_or(Error::WrongPassphrase))
+        match (unopened, damaged.as_slice()) {
+            (Some(e), _) => Err(e),
+            (None, []) => Err(Error::WrongPassphrase),
+            (None, damaged) => Err(Error::Corrupt {
+                object: damaged.join(", "),
+                reason: "the key file is damaged (it cannot be decoded), and no intact key opens with this \
+                         passphrase: the passphrase is wrong, or its key is the damaged one"
+                    .into(),
+            }),
+        }
     }
 
     fn from_parts(backend: Backend, master: [u8; 32], config: Config, key_id: String) -> Repository {
@@ -311,14 +342,26 @@ impl Repository {
         let mut out = Vec::new();
         for key in self.backend().list(paths::KEYS)? {
             let name = format!("{}{}", paths::KEYS, key.name);
-            let file: KeyFile = from_json(&self.backend().read(&name)?, &name)?;
-            out.push(KeyInfo {
-                current: key.name == self.inner.key_id,
-                id: key.name,
-                created: file.created,
-                hostname: file.hostname,
-                username: file.username,
-            });
+            match from_json::<KeyFile>(&self.backend().read(&name)?, &name) {
+                Ok(file) => out.push(KeyInfo {
+                    current: key.name == self.inner.key_id,
+                    id: key.name,
+                    created: file.created,
+                    hostname: file.hostname,
+                    username: file.username,
+                    damaged: false,
+                }),
+                // Listed, so it can be seen and removed.
+                Err(Error::Corrupt { .. }) => out.push(KeyInfo {
+                    current: false,
+                    id: key.name,
+                    created: chrono::DateTime::UNIX_EPOCH,
+                    hostname: String::new(),
+                    username: String::new(),
+                    damaged: true,
+                }),
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
         Ok(out)
@@ -333,7 +376,7 @@ impl Repository {
             [one] => *one,
             _ => return Err(Error::Ambiguous(id_or_prefix.to_string())),
         };
-        if keys.len() == 1 {
+        if !key.damaged && keys.iter().filter(|k| !k.damaged).count() == 1 {
             return Err(Error::Refused("refusing to remove the last key: the repository would be lost".into()));
         }
         self.backend().delete(&format!("{}{}", paths::KEYS, key.id))?;

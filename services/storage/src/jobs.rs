@@ -8,6 +8,7 @@ use arca_domain::snapshot::SnapshotCommand;
 use arca_events::{JobKind, Retention, TargetId};
 use arca_repo::RetentionPolicy;
 use arca_repo::check::{CheckOptions, Subset, check};
+use arca_repo::format::SnapshotMap;
 use arca_repo::prune::{PruneOptions, plan_forget, prune};
 use arca_worker::ids::snapshot_id;
 use arca_worker::usage::{self, repository_bytes};
@@ -51,6 +52,32 @@ fn engine_retention(retention: &Retention) -> RetentionPolicy {
     }
 }
 
+/// Splits a target's snapshots into the restore points the user has (recorded in the log and
+/// not forgotten), which retention counts, and those the log forgot but the repository still
+/// holds (a forget stopped half-way), which go. A snapshot the log never recorded is neither
+/// counted nor removed: the retried backup that wrote it adopts it.
+async fn restore_points(
+    ctx: &JobContext,
+    target: TargetId,
+    snapshots: SnapshotMap,
+) -> Result<(SnapshotMap, Vec<String>), JobError> {
+    let mut recorded = SnapshotMap::new();
+    let mut half_forgotten = Vec::new();
+    for (id, snapshot) in snapshots {
+        let aggregate = snapshot_id(target, &id);
+        let (state, _) =
+            ctx.store.load_state::<arca_domain::snapshot::Snapshot>(ctx.tenant, aggregate.as_uuid()).await?;
+        match (state.is_committed(), state.forgotten) {
+            (true, false) => {
+                recorded.insert(id, snapshot);
+            }
+            (true, true) => half_forgotten.push(id),
+            (false, _) => tracing::warn!(snapshot = %id, "not counted by retention: no record of this snapshot yet"),
+        }
+    }
+    Ok((recorded, half_forgotten))
+}
+
 /// Applies a policy's retention to the snapshots of its source.
 pub struct ForgetHandler {
     targets: Targets,
@@ -90,18 +117,20 @@ impl JobHandler for ForgetHandler {
             if policy.retention.keeps_everything() {
                 return Ok(JobOutcome::default());
             }
-            let rules = engine_retention(&policy.retention);
             let tag = format!("source:{}", policy.source);
-            with_repository(spec.clone(), move |repo| {
+            let tagged = with_repository(spec.clone(), move |repo| {
                 let mut snapshots = repo.snapshots()?;
                 snapshots.retain(|_, s| s.tags.contains(&tag));
-                Ok(plan_forget(&snapshots, &rules, chrono::Utc::now())
-                    .into_iter()
-                    .filter(|d| !d.keep)
-                    .map(|d| d.id)
-                    .collect::<Vec<_>>())
+                Ok(snapshots)
             })
-            .await?
+            .await?;
+            let (recorded, half_forgotten) = restore_points(&ctx, target, tagged).await?;
+            plan_forget(&recorded, &engine_retention(&policy.retention), chrono::Utc::now())
+                .into_iter()
+                .filter(|d| !d.keep)
+                .map(|d| d.id)
+                .chain(half_forgotten)
+                .collect()
         };
         let mut forgotten = Vec::new();
         for id in candidates {

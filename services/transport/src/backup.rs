@@ -17,7 +17,7 @@ use arca_worker::hooks::run_hook;
 use arca_worker::ids::snapshot_id;
 use arca_worker::runner::ProgressReading;
 use arca_worker::usage;
-use arca_worker::{FollowUp, JobContext, JobError, JobHandler, JobOutcome, Targets};
+use arca_worker::{FollowUp, JobContext, JobError, JobHandler, JobOutcome, TargetSpec, Targets};
 
 /// Runs backup jobs.
 pub struct BackupHandler {
@@ -104,6 +104,23 @@ fn refuse_host_commands(source: &Source) -> Result<(), JobError> {
     Ok(())
 }
 
+/// The snapshot an earlier attempt of this job wrote into the repository, if any.
+async fn written_by_job(spec: &TargetSpec, ctx: &JobContext) -> Result<Option<arca_repo::BackupOutcome>, JobError> {
+    let (spec, job) = (spec.clone(), ctx.job_id.to_string());
+    tokio::task::spawn_blocking(move || {
+        let repo = spec.open()?;
+        let found = repo.snapshots()?.into_iter().find(|(_, s)| s.job.as_deref() == Some(job.as_str()));
+        Ok::<_, arca_repo::Error>(found.map(|(snapshot_id, snapshot)| arca_repo::BackupOutcome {
+            snapshot_id,
+            snapshot,
+            warnings: Vec::new(),
+        }))
+    })
+    .await
+    .map_err(|e| JobError::Temporary(format!("the repository thread stopped: {e}")))?
+    .map_err(JobError::from)
+}
+
 fn engine_mode(mode: Option<BackupMode>) -> arca_repo::BackupMode {
     match mode.unwrap_or_default() {
         BackupMode::Incremental => arca_repo::BackupMode::Incremental,
@@ -146,7 +163,16 @@ impl JobHandler for BackupHandler {
             other => other,
         };
 
+        // A retried job first looks for the snapshot an earlier attempt wrote but could not
+        // record (its worker died in between): that one is adopted, not written again, so
+        // the repository never holds a snapshot the catalog does not know.
+        let adopted = if ctx.attempt > 1 { written_by_job(&spec, &ctx).await? } else { None };
+        let adopting = adopted.is_some();
         let result = async {
+            if let Some(outcome) = adopted {
+                tracing::info!(job = %ctx.job_id, snapshot = %outcome.snapshot_id, "adopting the snapshot an earlier attempt wrote");
+                return Ok(outcome);
+            }
             if let Some(hook) = &source.pre_hook {
                 run_hook("pre", hook, self.hook_timeout).await.map_err(|e| JobError::Permanent(e.to_string()))?;
             }
@@ -165,6 +191,7 @@ impl JobHandler for BackupHandler {
                 tags: vec![format!("source:{source_id}")],
                 hostname: Some(source.host.clone()),
                 progress: Some(progress.clone()),
+                job: Some(ctx.job_id.to_string()),
                 excludes: source.excludes.clone(),
                 ..BackupOptions::default()
             };
@@ -189,8 +216,8 @@ impl JobHandler for BackupHandler {
             result.map_err(|e| JobError::Temporary(format!("the backup thread stopped: {e}")))?.map_err(JobError::from)
         }
         .await;
-        if let Some(hook) = &source.post_hook {
-            // The post-hook always runs; its failure is logged, the backup stands.
+        if let Some(hook) = source.post_hook.as_ref().filter(|_| !adopting) {
+            // The post-hook always runs after the pre-hook; its failure is logged, the backup stands.
             if let Err(e) = run_hook("post", hook, self.hook_timeout).await {
                 tracing::warn!(job = %ctx.job_id, error = %e, "post-hook failed");
             }
