@@ -146,6 +146,11 @@ enum Command {
     },
     /// Remove stale leases left by killed processes
     Unlock,
+    /// Repair a damaged repository (shows what it would change with --dry-run)
+    Repair {
+        #[command(subcommand)]
+        command: RepairCommand,
+    },
     /// Run the platform on this machine: a local nats-server, the catalog (SQLite) and the scheduler
     Server(server::ServerArgs),
     /// The control plane's SQL catalog (read models of the event log)
@@ -257,6 +262,21 @@ enum RepoCommand {
         /// Target pack size in MiB: larger packs mean fewer objects (cheaper on object stores)
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
         pack_size_mib: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum RepairCommand {
+    /// Rebuild the index from the packs' own headers (after index files were lost or damaged)
+    Index {
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Rewrite snapshots without the files whose data is gone (tagged `repaired`); remove
+    /// snapshot files that cannot be read and snapshots of which nothing is left
+    Snapshots {
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -674,7 +694,53 @@ fn run(cli: Cli) -> Result<u8> {
             println!("removed {removed} stale lease(s)");
             Ok(0)
         }
+        Command::Repair { command } => run_repair(g, command),
     }
+}
+
+fn run_repair(g: &Global, command: RepairCommand) -> Result<u8> {
+    let repo = open(g)?;
+    match command {
+        RepairCommand::Index { dry_run } => {
+            let report = arca_repo::repair::repair_index(&repo, dry_run)?;
+            if g.json {
+                print_json(&report);
+            } else {
+                println!(
+                    "{}{} packs indexed ({} no index listed before), {} missing packs dropped, {} index files replaced",
+                    if dry_run { "would be: " } else { "" },
+                    report.packs_indexed,
+                    report.packs_added,
+                    report.packs_missing,
+                    report.index_files_replaced
+                );
+                for pack in &report.packs_unreadable {
+                    println!("pack {pack}: header unreadable (kept as the old index listed it, if it did)");
+                }
+            }
+        }
+        RepairCommand::Snapshots { dry_run } => {
+            let report = arca_repo::repair::repair_snapshots(&repo, dry_run)?;
+            if g.json {
+                print_json(&report);
+            } else {
+                for repair in &report.repairs {
+                    let verb = match (repair.action, dry_run) {
+                        ("rewritten", true) => "would rewrite",
+                        (_, true) => "would remove",
+                        (action, false) => action,
+                    };
+                    let why = repair.reason.as_deref().unwrap_or("its data is partly gone");
+                    println!("{verb} snapshot {}: {why}", &repair.id[..8.min(repair.id.len())]);
+                    for path in &repair.dropped {
+                        println!("  without {path}");
+                    }
+                }
+                println!("{} of {} snapshots need repair", report.repairs.len(), report.snapshots_checked);
+            }
+        }
+    }
+    Ok(0)
 }
 
 fn run_backup(g: &Global, args: BackupArgs) -> Result<u8> {

@@ -162,3 +162,20 @@ fn unused_packs_wait_for_their_grace_period(backend: Backend) {
     env.ok(&["restore", "latest", "--target", dest.to_str().unwrap()]);
     crate::helpers::assert_same_tree(&src, &crate::helpers::restored(&dest, &src));
 }
+
+/// Half-written objects a killed writer left in a filesystem repository's `.tmp/` are removed
+/// by prune once they are old; a young one may belong to a writer at work and stays.
+#[test]
+fn prune_removes_stale_temporary_files() {
+    let env = Env::init(Backend::Fs);
+    let repo = std::path::PathBuf::from(env.target.url.strip_prefix("fs://").unwrap());
+    std::fs::create_dir_all(repo.join(".tmp")).unwrap();
+    let (old, young) = (repo.join(".tmp/killed-writer"), repo.join(".tmp/writer-at-work"));
+    std::fs::write(&old, noise(1 << 16, 1)).unwrap();
+    std::fs::write(&young, noise(1 << 16, 2)).unwrap();
+    let day_ago = std::time::SystemTime::now() - Duration::from_secs(86_400);
+    std::fs::File::options().write(true).open(&old).unwrap().set_modified(day_ago).unwrap();
+    let report = env.json(&["prune"]);
+    assert_eq!(report["temporary_files_removed"], 1, "{report}");
+    assert!(!old.exists() && young.exists());
+}

@@ -17,6 +17,7 @@ mod keys;
 mod platform;
 mod postgres;
 mod prune;
+mod repair;
 mod replication;
 mod restore;
 mod server;

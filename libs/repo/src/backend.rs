@@ -288,6 +288,17 @@ impl Backend {
         })
     }
 
+    /// The object's size in bytes.
+    pub fn size(&self, path: &str) -> Result<u64> {
+        self.rt.block_on(async {
+            match self.op.stat(path).await {
+                Ok(meta) => Ok(meta.content_length()),
+                Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::NotFound(format!("object `{path}`"))),
+                Err(e) => Err(Self::storage_err("stat", path)(e)),
+            }
+        })
+    }
+
     /// When the object was last written, by the store's clock.
     pub fn modified(&self, path: &str) -> Result<chrono::DateTime<chrono::Utc>> {
         self.rt.block_on(async {

@@ -143,6 +143,13 @@ pub fn check(repo: &Repository, options: &CheckOptions) -> Result<CheckReport> {
         subset.validate()?;
     }
     report.read_data_subset = options.read_data_subset;
+    // Snapshots first, then the index, then the packs: a backup writes in the opposite order
+    // (packs, index, snapshot), so one that finishes while check runs never makes a snapshot
+    // appear whose data check has not seen.
+    let (snapshots, damaged_snapshots) = repo.snapshots_checked()?;
+    for d in &damaged_snapshots {
+        report.errors.push(format!("snapshot file {}: {} (`arca repair snapshots` removes it)", d.object, d.reason));
+    }
     let index = load_index_reporting(repo, &mut report)?;
     let on_disk: HashMap<String, u64> = repo
         .backend()
@@ -153,14 +160,17 @@ pub fn check(repo: &Repository, options: &CheckOptions) -> Result<CheckReport> {
     report.packs = index.packs.len();
     let mut damaged: BTreeMap<String, String> = BTreeMap::new();
     for pack in &index.packs {
-        match on_disk.get(&pack.id) {
+        let size = match on_disk.get(&pack.id) {
             None => {
                 damaged.insert(pack.id.clone(), "missing".into());
+                continue;
             }
-            Some(&size) if size != pack.size && size != 0 => {
-                damaged.insert(pack.id.clone(), format!("size {size}, index says {}", pack.size));
-            }
-            Some(_) => {}
+            // Some stores list without sizes: ask for this one.
+            Some(0) => repo.backend().size(&paths::pack(&pack.id))?,
+            Some(&size) => size,
+        };
+        if size != pack.size {
+            damaged.insert(pack.id.clone(), format!("size {size}, index says {}", pack.size));
         }
     }
     let indexed: HashSet<&str> = index.packs.iter().map(|p| p.id.as_str()).collect();
@@ -210,8 +220,7 @@ pub fn check(repo: &Repository, options: &CheckOptions) -> Result<CheckReport> {
         Some(loc) if damaged_packs.contains(&loc.pack) => Some("in a damaged pack"),
         Some(_) => None,
     };
-    let snapshots = repo.snapshots()?;
-    report.snapshots = snapshots.len();
+    report.snapshots = snapshots.len() + damaged_snapshots.len();
     let loader = TreeLoader::new(repo, &index);
     for (id, snapshot) in &snapshots {
         let mut hurt: BTreeSet<String> = BTreeSet::new();
@@ -279,7 +288,9 @@ fn load_index_reporting(repo: &Repository, report: &mut CheckReport) -> Result<I
             bytes.and_then(|b| repo.open_object(name, &b)).and_then(|plain| from_msgpack::<IndexFile>(&plain, name));
         match decoded {
             Ok(file) => index.add_file(name.clone(), file),
-            Err(e) => report.errors.push(format!("index file {name}: {e}")),
+            // A prune replaced it between the listing and the read.
+            Err(Error::NotFound(_)) => {}
+            Err(e) => report.errors.push(format!("index file {name}: {e} (`arca repair index` rebuilds the index)")),
         }
     }
     Ok(index)

@@ -87,6 +87,7 @@ pub mod packer;
 pub mod pipeline;
 pub mod prune;
 pub mod reader;
+pub mod repair;
 pub mod repository;
 pub mod restore;
 pub mod ticker;

@@ -171,3 +171,45 @@ pub fn read_pack_header(repo: &Repository, pack_id: &str, pack: &[u8]) -> Result
     let header: PackHeader = crate::format::from_msgpack(&repo.open_object(&what, sealed)?, &what)?;
     Ok(header.entries)
 }
+
+/// Reads the headers of packs of known size (two range reads each, a few packs at a time):
+/// the packs as an index file would list them, and those whose header cannot be read (id, why).
+pub fn read_pack_headers(repo: &Repository, packs: &[(String, u64)]) -> (Vec<IndexedPack>, Vec<(String, String)>) {
+    let queue = std::sync::Mutex::new(packs.iter());
+    let found = std::sync::Mutex::new((Vec::new(), Vec::new()));
+    std::thread::scope(|scope| {
+        for _ in 0..packs.len().min(8) {
+            scope.spawn(|| {
+                while let Some((id, size)) = queue.lock().expect("queue poisoned").next() {
+                    let read = read_pack_header_at(repo, id, *size);
+                    let mut found = found.lock().expect("results poisoned");
+                    match read {
+                        Ok(entries) => found.0.push(IndexedPack { id: id.clone(), size: *size, entries }),
+                        Err(e) => found.1.push((id.clone(), e.to_string())),
+                    }
+                }
+            });
+        }
+    });
+    let (mut read, mut unreadable) = found.into_inner().expect("results poisoned");
+    read.sort_by(|a: &IndexedPack, b| a.id.cmp(&b.id));
+    unreadable.sort();
+    (read, unreadable)
+}
+
+/// Reads one pack's header without reading its blobs.
+fn read_pack_header_at(repo: &Repository, pack_id: &str, size: u64) -> Result<Vec<PackEntry>> {
+    let what = paths::pack(pack_id);
+    let size = if size == 0 { repo.backend().size(&what)? } else { size };
+    if size < 4 {
+        return Err(Error::corrupt(&what, "pack too short"));
+    }
+    let tail = repo.backend().read_range(&what, size - 4, 4)?;
+    let header_len = u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")) as u64;
+    if header_len + 4 > size {
+        return Err(Error::corrupt(&what, "pack header length out of range"));
+    }
+    let sealed = repo.backend().read_range(&what, size - 4 - header_len, header_len)?;
+    let header: PackHeader = crate::format::from_msgpack(&repo.open_object(&what, &sealed)?, &what)?;
+    Ok(header.entries)
+}

@@ -17,7 +17,7 @@ use crate::format::{BlobId, IndexFile, IndexedPack, PackEntry, RetentionPolicy, 
 use crate::gc::{Marks, Sweep, UsedBlobs, used_blobs};
 use crate::lock::Lease;
 use crate::packer::{Packer, SealedBlob};
-use crate::repository::{Index, Repository, paths};
+use crate::repository::{Damaged, Index, Repository, paths};
 
 /// Why a snapshot is kept (or that it is not).
 #[derive(Clone, Debug, serde::Serialize)]
@@ -133,6 +133,8 @@ pub struct PruneReport {
     pub bytes_pending: u64,
     /// When the oldest pending pack may go (store time), if any is pending.
     pub next_deletion_after: Option<DateTime<Utc>>,
+    /// Half-written files killed writers left in a filesystem repository.
+    pub temporary_files_removed: u64,
 }
 
 /// Refuses to garbage-collect an index that does not cover what snapshots use: whatever it
@@ -150,6 +152,28 @@ fn refuse_if_index_incomplete(used: &UsedBlobs, missing_packs: &[String]) -> Res
             "{} pack(s) holding data that snapshots use are missing (first: {first}); nothing was deleted — \
              run `arca check` to see which snapshots are damaged",
             missing_packs.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses to garbage-collect while an index or snapshot file cannot be read: what it names
+/// is unknown, so anything could be in use.
+fn refuse_if_damaged(index: &Index, damaged_snapshots: &[Damaged]) -> Result<()> {
+    if let Some(first) = index.damaged.first() {
+        return Err(Error::Refused(format!(
+            "{} index file(s) are damaged (first: {}: {}); nothing was deleted — run `arca repair index`",
+            index.damaged.len(),
+            first.object,
+            first.reason
+        )));
+    }
+    if let Some(first) = damaged_snapshots.first() {
+        return Err(Error::Refused(format!(
+            "{} snapshot file(s) are damaged (first: {}: {}); nothing was deleted — run `arca repair snapshots`",
+            damaged_snapshots.len(),
+            first.object,
+            first.reason
         )));
     }
     Ok(())
@@ -220,7 +244,8 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
         .into_iter()
         .filter_map(|l| l.name.rsplit('/').next().map(|id| (id.to_string(), l.size)))
         .collect();
-    let snapshots = repo.snapshots()?;
+    let (snapshots, damaged_snapshots) = repo.snapshots_checked()?;
+    refuse_if_damaged(&index, &damaged_snapshots)?;
     let used = used_blobs(repo, &index, snapshots.values().map(|s| s.tree))?;
     let Plan { mut keep, repack, candidates } = plan(&index, &listed, &used, options)?;
 
@@ -294,5 +319,27 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
     marks.remove_read(repo)?;
     sweep.remove_dead()?;
     sweep.finish()?;
+    report.temporary_files_removed =
+        remove_stale_temporary_files(repo, options.grace.max(crate::gc::sweep_stale_after()))?;
     Ok(report)
+}
+
+/// Removes what killed writers left half-written in a filesystem repository's `.tmp/` (every
+/// object is written there first and renamed into place), once older than `age`.
+fn remove_stale_temporary_files(repo: &Repository, age: std::time::Duration) -> Result<u64> {
+    let crate::backend::Target::Fs { path } = repo.backend().target() else { return Ok(0) };
+    let tmp = path.join(".tmp");
+    let Ok(entries) = std::fs::read_dir(&tmp) else { return Ok(0) };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|modified| modified.elapsed().is_ok_and(|elapsed| elapsed > age));
+        if stale && entry.file_type().is_ok_and(|t| t.is_file()) {
+            std::fs::remove_file(entry.path()).map_err(Error::io("remove", entry.path()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }

@@ -110,6 +110,26 @@ pub struct Index {
     pub pack_entries: HashMap<String, Vec<crate::format::PackEntry>>,
     /// Names of the index files this was loaded from.
     pub files: Vec<String>,
+    /// Index files that could not be read (name, why); their packs were indexed from the
+    /// packs' own headers instead (see [`Repository::load_index`]).
+    pub damaged: Vec<Damaged>,
+}
+
+/// A stored object that cannot be read (it fails authentication or does not decode).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Damaged {
+    pub object: String,
+    pub reason: String,
+}
+
+impl Damaged {
+    fn from_error(object: &str, error: &Error) -> Damaged {
+        let reason = match error {
+            Error::Corrupt { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        };
+        Damaged { object: object.to_string(), reason }
+    }
 }
 
 impl Index {
@@ -124,7 +144,12 @@ impl Index {
     /// Adds the packs of one index file.
     pub fn add_file(&mut self, name: String, file: IndexFile) {
         self.files.push(name);
-        for pack in file.packs {
+        self.add_packs(file.packs);
+    }
+
+    /// Adds packs that no index file names (read from the packs' own headers).
+    pub fn add_packs(&mut self, packs: Vec<crate::format::IndexedPack>) {
+        for pack in packs {
             if self.pack_entries.contains_key(&pack.id) {
                 continue;
             }
@@ -425,14 +450,38 @@ impl Repository {
                 Err(Error::NotFound(_)) => continue,
                 Err(e) => return Err(e),
             };
-            let file: IndexFile = from_msgpack(&self.open_object(name, &bytes)?, name)?;
-            superseded.extend(file.supersedes.iter().cloned());
-            files.push((name.clone(), file));
+            match self.open_object(name, &bytes).and_then(|plain| from_msgpack::<IndexFile>(&plain, name)) {
+                Ok(file) => {
+                    superseded.extend(file.supersedes.iter().cloned());
+                    files.push((name.clone(), file));
+                }
+                // One damaged file must not stop every backup and restore: its packs are read
+                // from their headers below.
+                Err(e @ Error::Corrupt { .. }) => {
+                    tracing::warn!("index file {name} is damaged ({e}); indexing its packs from their headers");
+                    index.damaged.push(Damaged::from_error(name, &e));
+                }
+                Err(e) => return Err(e),
+            }
         }
         // Load newest-written (superseding) files first so their locations win.
         files.sort_by_key(|(name, _)| superseded.contains(name));
         for (name, file) in files {
             index.add_file(name, file);
+        }
+        if !index.damaged.is_empty() {
+            let unindexed: Vec<(String, u64)> = self
+                .backend()
+                .list(paths::DATA)?
+                .into_iter()
+                .filter_map(|l| l.name.rsplit('/').next().map(|id| (id.to_string(), l.size)))
+                .filter(|(id, _)| !index.pack_entries.contains_key(id))
+                .collect();
+            let (packs, unreadable) = crate::packer::read_pack_headers(self, &unindexed);
+            for (pack, why) in unreadable {
+                tracing::warn!("pack {pack} is in no readable index file and its header cannot be read: {why}");
+            }
+            index.add_packs(packs);
         }
         Ok(index)
     }
@@ -483,21 +532,38 @@ impl Repository {
 
     // ------------------------------------------------------------------ snapshots
 
-    /// Every snapshot, by id.
+    /// Every snapshot that can be read, by id. A damaged snapshot file is skipped with a
+    /// warning, so it stops no listing, backup, forget or restore of the others (prune and
+    /// check use [`Repository::snapshots_checked`] and report it).
     pub fn snapshots(&self) -> Result<SnapshotMap> {
+        let (snapshots, damaged) = self.snapshots_checked()?;
+        for d in damaged {
+            tracing::warn!("skipping damaged snapshot file {}: {}", d.object, d.reason);
+        }
+        Ok(snapshots)
+    }
+
+    /// Every snapshot that can be read, and the snapshot files that cannot.
+    pub fn snapshots_checked(&self) -> Result<(SnapshotMap, Vec<Damaged>)> {
         let names: Vec<String> = self.backend().list(paths::SNAPSHOTS)?.into_iter().map(|l| l.name).collect();
         let full: Vec<String> = names.iter().map(|n| format!("{}{n}", paths::SNAPSHOTS)).collect();
         let mut out = SnapshotMap::new();
+        let mut damaged = Vec::new();
         for ((id, name), bytes) in names.into_iter().zip(&full).zip(self.backend().read_many(&full, 16)) {
             let bytes = match bytes {
                 Ok(bytes) => bytes,
                 Err(Error::NotFound(_)) => continue,
                 Err(e) => return Err(e),
             };
-            let snapshot: Snapshot = from_json(&self.open_object(name, &bytes)?, name)?;
-            out.insert(id, snapshot);
+            match self.open_object(name, &bytes).and_then(|plain| from_json::<Snapshot>(&plain, name)) {
+                Ok(snapshot) => {
+                    out.insert(id, snapshot);
+                }
+                Err(e @ Error::Corrupt { .. }) => damaged.push(Damaged::from_error(name, &e)),
+                Err(e) => return Err(e),
+            }
         }
-        Ok(out)
+        Ok((out, damaged))
     }
 
     /// Finds a snapshot by id, unique id prefix, or `latest` (newest by time).
@@ -540,6 +606,10 @@ const TREE_PACKS_CACHED: usize = 16;
 impl<'a> TreeLoader<'a> {
     pub fn new(repo: &'a Repository, index: &'a Index) -> Self {
         TreeLoader { repo, index, packs: Default::default() }
+    }
+
+    pub fn repo(&self) -> &'a Repository {
+        self.repo
     }
 
     pub fn load(&self, id: &BlobId) -> Result<Tree> {

@@ -74,6 +74,12 @@ struct PlannedFile {
     node: Node,
 }
 
+/// Where file number `n` is written until its content is complete: a name that does not look
+/// like the file, beside it, so a failed restore leaves nothing that passes for a whole file.
+fn partial_path(file: &PlannedFile, n: usize) -> PathBuf {
+    file.path.with_file_name(format!(".arca-partial-{n}"))
+}
+
 #[derive(Default)]
 struct Plan {
     dirs: Vec<(PathBuf, Node)>,
@@ -207,10 +213,13 @@ pub fn restore(
     let mut wanted: HashMap<BlobId, Targets> = HashMap::new();
     let progress = options.progress.clone().unwrap_or_default();
     // Creating files is mostly file-system work in the kernel: spread it over the cores.
-    for_each_in_parallel(&files, |f| {
-        let file = create_file(&f.path)?;
-        file.set_len(f.node.size).map_err(Error::io("resize", &f.path))
-    })?;
+    let numbered: Vec<(usize, &PlannedFile)> = files.iter().enumerate().collect();
+    for_each_in_parallel(&numbered, |(n, f)| {
+        let partial = partial_path(f, *n);
+        let file = create_file(&partial)?;
+        file.set_len(f.node.size).map_err(Error::io("resize", &partial))
+    })
+    .inspect_err(|_| remove_partial_files(&files))?;
     for (i, f) in files.iter().enumerate() {
         let mut offset = 0u64;
         for chunk in &f.node.content {
@@ -249,17 +258,24 @@ pub fn restore(
         }
     });
     if let Some(e) = first_error.into_inner().expect("error lock poisoned") {
+        remove_partial_files(&files);
         return Err(e);
     }
     summary.bytes = written.into_inner();
     let as_root = is_root();
     let failed = Mutex::new(Vec::new());
-    for_each_in_parallel(&files, |f| {
-        if let Err(e) = set_metadata(&f.path, &f.node, as_root) {
-            failed.lock().expect("warnings lock poisoned").push(e.to_string());
+    // Complete: metadata first, then the file's own name.
+    for_each_in_parallel(&numbered, |(n, f)| {
+        let partial = partial_path(f, *n);
+        if let Err(e) = set_metadata(&partial, &f.node, as_root) {
+            failed
+                .lock()
+                .expect("warnings lock poisoned")
+                .push(e.to_string().replace(&*partial.to_string_lossy(), &f.path.to_string_lossy()));
         }
-        Ok(())
-    })?;
+        std::fs::rename(&partial, &f.path).map_err(Error::io("rename into place", &f.path))
+    })
+    .inspect_err(|_| remove_partial_files(&files))?;
     summary.warnings.extend(failed.into_inner().expect("warnings lock poisoned"));
     for (path, first) in &links {
         std::fs::hard_link(&files[*first].path, path).map_err(Error::io("hard link", path))?;
@@ -331,7 +347,7 @@ fn restore_pack(
                         let file = match open_files.entry(file_no) {
                             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                             std::collections::hash_map::Entry::Vacant(e) => {
-                                e.insert(open_for_write(&files[file_no].path)?)
+                                e.insert(open_for_write(&partial_path(&files[file_no], file_no))?)
                             }
                         };
                         for run in &runs {
@@ -394,6 +410,14 @@ fn make_dir(path: &Path) -> Result<()> {
             }
         }
         Err(e) => Err(Error::io("create folder", path)(e)),
+    }
+}
+
+/// Removes what a failed restore left under temporary names (best effort: the error that
+/// stopped the restore is the one reported).
+fn remove_partial_files(files: &[PlannedFile]) {
+    for (n, f) in files.iter().enumerate() {
+        let _ = std::fs::remove_file(partial_path(f, n));
     }
 }
 
