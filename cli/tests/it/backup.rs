@@ -373,3 +373,35 @@ fn progress_bar_on_a_terminal() {
     assert!(screen.contains("B/s") && screen.contains("ETA") && screen.contains("files"), "no bar drawn: {screen:?}");
     assert!(screen.contains("snapshot") && screen.contains("saved"), "{screen:?}");
 }
+
+/// A backup onto a full disk says so at once, naming the target, instead of retrying for a
+/// minute and reporting that its pipeline stopped; it writes no snapshot, and the next backup
+/// to a disk with room succeeds. The disk is an 8 MiB tmpfs in a mount namespace of its own.
+#[test]
+fn a_full_disk_is_reported_at_once_by_name() {
+    let env = Env::new(Backend::Fs);
+    let src = env.path("src");
+    for i in 0..6u64 {
+        write(&src.join(format!("f{i}.bin")), &noise(4 << 20, i));
+    }
+    let mount = env.path("small-disk");
+    fs::create_dir_all(&mount).unwrap();
+    let script = r#"mount -t tmpfs -o size=8m tmpfs "$DISK" || exit 97
+        ARCA_REPO="fs://$DISK/repo" "$ARCA" repo init --pack-size-mib 1 >/dev/null || exit 98
+        ARCA_REPO="fs://$DISK/repo" "$ARCA" backup "$SRC"; code=$?
+        ls "$DISK/repo/snapshots" | wc -l >&2
+        exit $code"#;
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .envs(env.cmd().get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))))
+        .env("DISK", &mount)
+        .env("SRC", &src)
+        .env("ARCA", env!("CARGO_BIN_EXE_arca"))
+        .output()
+        .unwrap();
+    let stderr = crate::helpers::text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no space left on fs://") && stderr.contains("small-disk/repo"), "{stderr}");
+    assert!(!stderr.contains("pipeline stopped"), "{stderr}");
+    assert_eq!(stderr.lines().last().map(str::trim), Some("0"), "no snapshot was written: {stderr}");
+}

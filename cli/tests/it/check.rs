@@ -57,3 +57,53 @@ fn damaged_and_missing_packs_are_reported(backend: Backend) {
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(report.contains("missing") && report.contains(&b[..8]) && report.contains("/y.bin"), "{report}");
 }
+
+on_every_backend!(a_pack_of_the_wrong_size_is_caught_without_reading_data);
+
+/// The structure check compares every pack's size with the index, truncated to nothing
+/// included, without reading any data.
+fn a_pack_of_the_wrong_size_is_caught_without_reading_data(backend: Backend) {
+    let env = Env::init(backend);
+    let src = env.path("src");
+    write(&src.join("a.bin"), &noise(2 << 20, 1));
+    write(&src.join("b.bin"), &noise(2 << 20, 2));
+    env.backup(&[&src]);
+    let backend = env.repo_backend();
+    let mut packs = env.packs();
+    packs.sort_by_key(|p| std::cmp::Reverse(backend.size(p).unwrap()));
+    let (shortened, emptied) = (&packs[0], &packs[1]);
+    let bytes = backend.read(shortened).unwrap();
+    backend.write(shortened, bytes[..bytes.len() - 100].to_vec()).unwrap();
+    backend.write(emptied, Vec::new()).unwrap();
+    let out = env.run(&["check"]);
+    let stdout = crate::helpers::text(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    for pack in [shortened, emptied] {
+        let id = pack.rsplit('/').next().unwrap();
+        assert!(stdout.contains(&format!("pack {id}: size")), "{pack} not reported: {stdout}");
+    }
+}
+
+/// Checks while backups run report no damage that is not there: a backup writes packs, then
+/// its index, then its snapshot, and check reads them in the opposite order.
+#[test]
+fn check_reports_nothing_while_backups_run() {
+    let env = Env::new(Backend::Fs);
+    env.ok(&["repo", "init", "--pack-size-mib", "1"]);
+    let src = env.path("src");
+    let mut false_reports = Vec::new();
+    for round in 0..6u64 {
+        for i in 0..4u64 {
+            write(&src.join(format!("f{i}.bin")), &noise(1 << 20, round * 10 + i));
+        }
+        let mut backup = env.cmd().args(["backup", "--json", src.to_str().unwrap()]).spawn().unwrap();
+        while backup.try_wait().unwrap().is_none() {
+            let out = env.run(&["check"]);
+            if !out.status.success() {
+                false_reports.push(crate::helpers::text(&out.stdout));
+            }
+        }
+        assert!(backup.wait().unwrap().success());
+    }
+    assert!(false_reports.is_empty(), "{} false report(s): {false_reports:?}", false_reports.len());
+}

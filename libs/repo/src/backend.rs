@@ -317,7 +317,28 @@ impl Backend {
 
     /// Writes (or replaces) an object.
     pub fn write(&self, path: &str, data: Vec<u8>) -> Result<()> {
-        self.rt.block_on(write_async(&self.op, path, data))
+        self.rt.block_on(write_async(&self.op, path, data)).map_err(|e| self.no_space(e))
+    }
+
+    /// A storage error that says the target is full, as [`Error::NoSpace`].
+    fn no_space(&self, error: Error) -> Error {
+        no_space_on(&self.target.to_string(), error)
+    }
+
+    /// Fails at once, naming the target, when a filesystem target has less room than `bytes`
+    /// (and a little more), instead of after the writes' retries.
+    pub fn ensure_room_for(&self, bytes: u64) -> Result<()> {
+        let Target::Fs { path } = &self.target else { return Ok(()) };
+        let Ok(stat) = rustix::fs::statvfs(path) else { return Ok(()) };
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        let needed = bytes + (1 << 20);
+        if free < needed {
+            return Err(Error::NoSpace {
+                target: self.target.to_string(),
+                detail: format!("{free} bytes free, {needed} needed"),
+            });
+        }
+        Ok(())
     }
 
     /// Writes an object only if none exists under that name; `Ok(false)` if one did.
@@ -336,8 +357,8 @@ impl Backend {
 
     /// Starts writing an object in the background.
     pub(crate) fn spawn_write(&self, path: String, data: Vec<u8>) -> tokio::task::JoinHandle<Result<()>> {
-        let op = self.op.clone();
-        self.rt.spawn(async move { write_async(&op, &path, data).await })
+        let (op, target) = (self.op.clone(), self.target.to_string());
+        self.rt.spawn(async move { write_async(&op, &path, data).await.map_err(|e| no_space_on(&target, e)) })
     }
 
     /// Deletes an object; a missing one is not an error.
@@ -399,6 +420,21 @@ async fn read_async(op: &Operator, path: &str) -> Result<Vec<u8>> {
         Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::NotFound(format!("object `{path}`"))),
         Err(e) => Err(Backend::storage_err("read", path)(e)),
     }
+}
+
+/// Whether a storage error comes from a full disk (ENOSPC, EDQUOT).
+fn no_space_on(target: &str, error: Error) -> Error {
+    let Error::Storage { source, .. } = &error else { return error };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && (io.kind() == std::io::ErrorKind::StorageFull || io.kind() == std::io::ErrorKind::QuotaExceeded)
+        {
+            return Error::NoSpace { target: target.to_string(), detail: io.to_string() };
+        }
+        cause = e.source();
+    }
+    error
 }
 
 async fn write_async(op: &Operator, path: &str, data: Vec<u8>) -> Result<()> {

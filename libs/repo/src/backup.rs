@@ -248,8 +248,7 @@ fn backup_once(repo: &Repository, source: BackupSource, options: &BackupOptions)
         Ok(tree) => tree,
         Err(e) => {
             // Flush what was uploaded so the next run can reuse it, then report the cause.
-            let _ = pipeline.finish();
-            return Err(e);
+            return Err(e.or_cause(pipeline.finish()));
         }
     };
     tracing::debug!(elapsed = ?started.elapsed(), "files and trees handed to the pipeline");

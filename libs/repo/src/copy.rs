@@ -260,8 +260,7 @@ pub fn copy_snapshots(
     let moved = move_blobs(source, &source_index, by_pack, pipeline.sink(), &progress, &counters);
     if let Err(e) = moved {
         // Flush what was uploaded so the next copy reuses it, then report the cause.
-        let _ = pipeline.finish();
-        return Err(e);
+        return Err(e.or_cause(pipeline.finish()));
     }
     let stats = pipeline.finish()?;
     report.blobs_copied = stats.blobs;

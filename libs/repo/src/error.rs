@@ -64,6 +64,12 @@ pub enum Error {
         "a prune removed {blobs} blob(s) this {operation} relied on while it ran; nothing was recorded — run it again"
     )]
     DataRemoved { operation: &'static str, blobs: usize },
+    /// The threads that pack and upload stopped; [`crate::pipeline::Pipeline::finish`] says why.
+    #[error("the write pipeline stopped after an earlier error")]
+    PipelineStopped,
+    /// The target has no room for what must be written.
+    #[error("no space left on {target}: {detail}")]
+    NoSpace { target: String, detail: String },
     /// The caller asked the operation to stop ([`crate::backup::Progress::cancel`]).
     #[error("cancelled")]
     Cancelled,
@@ -87,6 +93,14 @@ impl Error {
             }
             Error::Locked(_) | Error::DataRemoved { .. } => true,
             _ => false,
+        }
+    }
+
+    /// `self`, unless it only says the pipeline stopped and `cause` says why.
+    pub(crate) fn or_cause(self, cause: Result<impl Sized>) -> Error {
+        match (self, cause) {
+            (Error::PipelineStopped, Err(cause)) => cause,
+            (own, _) => own,
         }
     }
 

@@ -104,6 +104,7 @@ impl Packer {
         let id = blake3::hash(&data).to_hex().to_string();
         let record = IndexedPack { id: id.clone(), size: data.len() as u64, entries };
         self.stats.packs += 1;
+        self.repo.backend().ensure_room_for(data.len() as u64)?;
         while self.in_flight.len() >= self.repo.backend().write_concurrency() {
             self.finish_oldest_upload()?;
         }

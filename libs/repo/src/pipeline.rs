@@ -84,7 +84,7 @@ impl BlobSink {
 }
 
 fn pipeline_stopped() -> Error {
-    Error::Refused("the write pipeline stopped after an earlier error".into())
+    Error::PipelineStopped
 }
 
 /// The running threads behind a [`BlobSink`].
