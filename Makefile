@@ -13,7 +13,7 @@ TEST_FLAGS ?= --workspace
 # Only for the local demo repository of `make run`; use your own for real data.
 ARCA_PASSWORD ?= arca-dev-password
 
-.PHONY: run build test lint fmt bench bench-data bench-control-plane bench-services bench-api bench-recovery openapi
+.PHONY: run build test lint fmt bench bench-data bench-control-plane bench-services bench-api bench-recovery bench-safety openapi
 
 # The platform on one machine: `arca server` starts its own nats-server (JetStream, store in
 # ./var/nats, port 4250), the catalog on SQLite (./var/catalog.db) and the scheduler. A demo
@@ -60,7 +60,7 @@ fmt:
 	cargo fmt --all
 
 # The benchmarks; each prints a Markdown table (copy the figures to BENCHMARKS.md).
-bench: bench-data bench-control-plane bench-services bench-api bench-recovery
+bench: bench-data bench-control-plane bench-services bench-api bench-recovery bench-safety
 
 # The data path against restic (loadtests/bench.sh --help).
 bench-data:
@@ -93,6 +93,21 @@ bench-recovery:
 bench-services:
 	infra/dev/ensure-tools.sh >/dev/null
 	bash loadtests/bench-services.sh
+
+# The crash-and-fault campaign: kill -9 at 200 points of backup, copy, forget and prune on a
+# filesystem repository and the S3 emulator, concurrent backups (some stopped past their
+# lease) against a prune loop for 10 minutes, and 1,000 single-byte flips; prints kills,
+# flips, detected, restores byte-identical, data lost (`loadtests/bench-safety.py --help`,
+# BENCH_SAFETY_FLAGS="--kills 20 --prune-minutes 1 --flips 50" for a short run).
+bench-safety:
+	infra/dev/ensure-tools.sh >/dev/null
+	cargo build --release -p arca-cli --bin arca
+	already_running=0; \
+	infra/dev/test-servers.sh env >/dev/null 2>&1 && already_running=1; \
+	infra/dev/test-servers.sh start >/dev/null; \
+	[ $$already_running = 1 ] || trap 'infra/dev/test-servers.sh stop' EXIT; \
+	eval "$$(infra/dev/test-servers.sh env)"; \
+	ARCA_BIN=$(ARCA) python3 loadtests/bench-safety.py $(BENCH_SAFETY_FLAGS)
 
 # The gateway's OpenAPI document, generated from the code (a test fails when the committed
 # file differs).
