@@ -12,27 +12,23 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `arca server` on its own nats-server at `port`, with its data in `data`.
+fn server_on(data: &std::path::Path, port: u16) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_arca"));
+    command
+        .args(["server", "--http-addr", "127.0.0.1:0", "--nbd-addr", "127.0.0.1:0", "--nats-port", &port.to_string()])
+        .arg("--data-dir")
+        .arg(data)
+        .env("ARCA_NATS_SERVER", arca_testkit::tool("nats-server"))
+        .stdout(Stdio::null());
+    command
+}
+
 #[test]
 fn server_runs_the_platform_on_its_own_nats_and_stops_on_sigterm() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_arca"))
-        .args([
-            "server",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--nbd-addr",
-            "127.0.0.1:0",
-            "--nats-port",
-            &port.to_string(),
-            "--data-dir",
-        ])
-        .arg(data.path())
-        .env("ARCA_NATS_SERVER", arca_testkit::tool("nats-server"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut server = server_on(data.path(), port).stderr(Stdio::piped()).spawn().unwrap();
     let url = format!("nats://127.0.0.1:{port}");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -125,23 +121,7 @@ fn server_restarts_after_kill_9_five_times_out_of_five() {
     for round in 1..=5 {
         let log_path = data.path().join(format!("server-{round}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut server = Command::new(env!("CARGO_BIN_EXE_arca"))
-            .args([
-                "server",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--nbd-addr",
-                "127.0.0.1:0",
-                "--nats-port",
-                &port.to_string(),
-            ])
-            .arg("--data-dir")
-            .arg(data.path())
-            .env("ARCA_NATS_SERVER", arca_testkit::tool("nats-server"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut server = server_on(data.path(), port).stderr(log).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();

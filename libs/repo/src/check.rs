@@ -4,7 +4,7 @@
 //! is reported with the snapshots and files it hurts. `read_data_subset` reads only a
 //! share of the packs, so a scheduled verify reads the whole repository over a cycle.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
@@ -151,12 +151,7 @@ pub fn check(repo: &Repository, options: &CheckOptions) -> Result<CheckReport> {
         report.errors.push(format!("snapshot file {}: {} (`arca repair snapshots` removes it)", d.object, d.reason));
     }
     let index = load_index_reporting(repo, &mut report)?;
-    let on_disk: HashMap<String, u64> = repo
-        .backend()
-        .list(paths::DATA)?
-        .into_iter()
-        .filter_map(|l| l.name.rsplit('/').next().map(|id| (id.to_string(), l.size)))
-        .collect();
+    let on_disk = repo.list_packs()?;
     report.packs = index.packs.len();
     let mut damaged: BTreeMap<String, String> = BTreeMap::new();
     for pack in &index.packs {

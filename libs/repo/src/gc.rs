@@ -167,13 +167,8 @@ fn wait_for_sweeps(repo: &Repository, ids: &[String]) -> Result<Vec<String>> {
 /// pack that exists. A missing tree counts once; what lies below it cannot be looked at.
 pub fn missing_blobs(repo: &Repository, roots: &[BlobId]) -> Result<Vec<BlobId>> {
     let index = repo.load_index()?;
-    let packs: HashSet<String> = repo
-        .backend()
-        .list(paths::DATA)?
-        .into_iter()
-        .filter_map(|l| l.name.rsplit('/').next().map(str::to_string))
-        .collect();
-    let present = |id: &BlobId| index.get(id).is_some_and(|(pack, _)| packs.contains(&pack.id));
+    let packs = repo.list_packs()?;
+    let present = |id: &BlobId| index.get(id).is_some_and(|(pack, _)| packs.contains_key(&pack.id));
     let loader = TreeLoader::new(repo, &index);
     let mut missing = Vec::new();
     let mut walked = HashSet::new();

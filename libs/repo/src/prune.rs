@@ -238,12 +238,7 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
     // data with what exists once it is done (see `gc`).
     let sweep = if options.dry_run { None } else { Some(Sweep::start(repo)?) };
     let index = repo.load_index()?;
-    let listed: BTreeMap<String, u64> = repo
-        .backend()
-        .list(paths::DATA)?
-        .into_iter()
-        .filter_map(|l| l.name.rsplit('/').next().map(|id| (id.to_string(), l.size)))
-        .collect();
+    let listed = repo.list_packs()?;
     let (snapshots, damaged_snapshots) = repo.snapshots_checked()?;
     refuse_if_damaged(&index, &damaged_snapshots)?;
     let used = used_blobs(repo, &index, snapshots.values().map(|s| s.tree))?;

@@ -35,12 +35,7 @@ pub fn repair_index(repo: &Repository, dry_run: bool) -> Result<RepairIndexRepor
     let old = repo.load_index()?;
     let old_files: Vec<String> =
         repo.backend().list(paths::INDEX)?.into_iter().map(|l| format!("{}{}", paths::INDEX, l.name)).collect();
-    let listed: Vec<(String, u64)> = repo
-        .backend()
-        .list(paths::DATA)?
-        .into_iter()
-        .filter_map(|l| l.name.rsplit('/').next().map(|id| (id.to_string(), l.size)))
-        .collect();
+    let listed: Vec<(String, u64)> = repo.list_packs()?.into_iter().collect();
     let (mut packs, unreadable) = read_pack_headers(repo, &listed);
     let mut report = RepairIndexReport { dry_run, ..RepairIndexReport::default() };
     for (id, why) in unreadable {
@@ -95,12 +90,7 @@ pub struct RepairSnapshotsReport {
 pub fn repair_snapshots(repo: &Repository, dry_run: bool) -> Result<RepairSnapshotsReport> {
     let _lease = Lease::acquire(repo, true, "repair snapshots")?;
     let index = Arc::new(repo.load_index()?);
-    let packs: HashSet<String> = repo
-        .backend()
-        .list(paths::DATA)?
-        .into_iter()
-        .filter_map(|l| l.name.rsplit('/').next().map(str::to_string))
-        .collect();
+    let packs = repo.list_packs()?;
     let (snapshots, damaged) = repo.snapshots_checked()?;
     let mut report = RepairSnapshotsReport {
         dry_run,
@@ -180,13 +170,13 @@ pub fn repair_snapshots(repo: &Repository, dry_run: bool) -> Result<RepairSnapsh
 struct Rewriter<'a> {
     loader: TreeLoader<'a>,
     index: &'a Index,
-    packs: &'a HashSet<String>,
+    packs: &'a BTreeMap<String, u64>,
     sink: Option<&'a BlobSink>,
 }
 
 impl Rewriter<'_> {
     fn present(&self, id: &BlobId) -> bool {
-        self.index.get(id).is_some_and(|(pack, _)| self.packs.contains(&pack.id))
+        self.index.get(id).is_some_and(|(pack, _)| self.packs.contains_key(&pack.id))
     }
 
     /// The tree `id` without what cannot be restored (noted in `dropped`); `None` if the tree

@@ -470,13 +470,8 @@ impl Repository {
             index.add_file(name, file);
         }
         if !index.damaged.is_empty() {
-            let unindexed: Vec<(String, u64)> = self
-                .backend()
-                .list(paths::DATA)?
-                .into_iter()
-                .filter_map(|l| l.name.rsplit('/').next().map(|id| (id.to_string(), l.size)))
-                .filter(|(id, _)| !index.pack_entries.contains_key(id))
-                .collect();
+            let unindexed: Vec<(String, u64)> =
+                self.list_packs()?.into_iter().filter(|(id, _)| !index.pack_entries.contains_key(id)).collect();
             let (packs, unreadable) = crate::packer::read_pack_headers(self, &unindexed);
             for (pack, why) in unreadable {
                 tracing::warn!("pack {pack} is in no readable index file and its header cannot be read: {why}");
@@ -484,6 +479,16 @@ impl Repository {
             index.add_packs(packs);
         }
         Ok(index)
+    }
+
+    /// Every pack in the store: id → size as listed (0 where the store lists no sizes).
+    pub fn list_packs(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        Ok(self
+            .backend()
+            .list(paths::DATA)?
+            .into_iter()
+            .filter_map(|l| l.name.rsplit('/').next().map(|id| (id.to_string(), l.size)))
+            .collect())
     }
 
     /// Writes an index file; returns its name.
