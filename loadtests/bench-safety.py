@@ -146,6 +146,9 @@ def kill_campaign(kind: str, kills: int, work: Path, rng: random.Random, tally: 
     offsite = Repo(kind, work, f"kills-{kind}-copy")
     src = work / f"src-kills-{kind}"
     repo.run("repo", "init", "--pack-size-mib", "1", check=True)
+    # A killed prune leaves its sweep unfinished: writers that overlap it wait until its
+    # heartbeat is this old before they take it for dead (5 minutes by default).
+    repo.env["ARCA_SWEEP_STALE_SECS"] = offsite.env["ARCA_SWEEP_STALE_SECS"] = "10"
     expected = {}
     durations = {}
     operations = ["backup", "backup", "copy", "forget", "prune"]

@@ -179,3 +179,39 @@ fn prune_removes_stale_temporary_files() {
     assert_eq!(report["temporary_files_removed"], 1, "{report}");
     assert!(!old.exists() && young.exists());
 }
+
+/// A prune killed mid-sweep leaves its record unfinished. A backup that overlaps it must not
+/// wait out the stale time when the record's last heartbeat is already that old by the store's
+/// clock: it checks its data and goes on.
+#[test]
+fn a_long_dead_sweep_does_not_hold_backups_up() {
+    let env = Env::init(Backend::Fs);
+    let repo = std::path::PathBuf::from(env.target.url.strip_prefix("fs://").unwrap());
+    std::fs::create_dir_all(repo.join("gc/sweeps")).unwrap();
+    let record = repo.join("gc/sweeps/0123456789abcdef0123456789abcdef");
+    std::fs::write(&record, b"a sweep whose prune was killed").unwrap();
+    let day_ago = std::time::SystemTime::now() - Duration::from_secs(86_400);
+    std::fs::File::options().write(true).open(&record).unwrap().set_modified(day_ago).unwrap();
+    let src = env.path("src");
+    write(&src.join("f.bin"), &noise(1 << 20, 3));
+    let mut backup = env
+        .cmd()
+        .args(["backup", "--json", src.to_str().unwrap()])
+        .env("ARCA_SWEEP_STALE_SECS", "3600")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = backup.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = backup.kill();
+            panic!("the backup waits for a sweep whose heartbeat stopped a day ago");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
+    assert_eq!(env.snapshot_ids().len(), 1);
+}

@@ -31,10 +31,11 @@ use crate::repository::{Index, Repository, TreeLoader, paths};
 use crate::ticker::Ticker;
 
 /// How long a sweep record may go without a heartbeat before writers take its prune for
-/// dead (`ARCA_SWEEP_STALE_SECS`, default 10 minutes). A prune stops deleting once its own
-/// heartbeat is half this old, so a writer never waits for, or trusts, one that may resume.
+/// dead (`ARCA_SWEEP_STALE_SECS`, default 5 minutes). A prune stops deleting once its own
+/// heartbeat is half this old, so a writer never trusts one that may resume; half of it is
+/// more than a delete's retries and timeouts take.
 pub fn sweep_stale_after() -> Duration {
-    let secs = std::env::var("ARCA_SWEEP_STALE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    let secs = std::env::var("ARCA_SWEEP_STALE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
     Duration::from_secs(secs)
 }
 
@@ -129,10 +130,13 @@ fn refuse_if_removed(repo: &Repository, roots: &[BlobId], operation: &'static st
     Err(Error::DataRemoved { operation, blobs: missing.len() })
 }
 
-/// Waits until every sweep in `ids` has finished or its prune is dead (its record unchanged
-/// for [`sweep_stale_after`] on this machine's clock, or gone without `.done`); returns them.
+/// Waits until every sweep in `ids` has finished or its prune is dead: its record gone without
+/// `.done`, or unchanged for [`sweep_stale_after`] — counted from the record's last write by
+/// the store's clock, so a sweep that died long ago is passed at once.
 fn wait_for_sweeps(repo: &Repository, ids: &[String]) -> Result<Vec<String>> {
     let stale = sweep_stale_after();
+    let store_now = store_clock(repo)?;
+    let probed = Instant::now();
     let mut last_seen: HashMap<&String, (Vec<u8>, Instant)> = HashMap::new();
     loop {
         let view = SweepView::read(repo)?;
@@ -141,16 +145,27 @@ fn wait_for_sweeps(repo: &Repository, ids: &[String]) -> Result<Vec<String>> {
             if view.done.contains(id) || !view.started.contains(id) {
                 continue;
             }
-            let record = match repo.backend().read(&format!("{}{id}", paths::SWEEPS)) {
+            let name = format!("{}{id}", paths::SWEEPS);
+            let record = match repo.backend().read(&name) {
                 Ok(bytes) => bytes,
                 Err(Error::NotFound(_)) => continue,
                 Err(e) => return Err(e),
             };
-            let entry = last_seen.entry(id).or_insert_with(|| (record.clone(), Instant::now()));
-            if entry.0 != record {
-                *entry = (record, Instant::now());
+            let changed = match last_seen.get(id) {
+                Some((seen, _)) => *seen != record,
+                None => true,
+            };
+            if changed {
+                // How long ago the record was written, by the store's clock.
+                let age = match repo.backend().modified(&name) {
+                    Ok(at) => (store_now - at).to_std().unwrap_or_default() + probed.elapsed(),
+                    Err(Error::NotFound(_)) => continue,
+                    Err(e) => return Err(e),
+                };
+                let written = Instant::now().checked_sub(age.min(stale)).unwrap_or_else(Instant::now);
+                last_seen.insert(id, (record, written));
             }
-            if entry.1.elapsed() < stale {
+            if last_seen[id].1.elapsed() < stale {
                 waiting = true;
             } else {
                 tracing::warn!(sweep = %id, "a prune's sweep stopped without finishing; taking it for dead");
@@ -161,6 +176,17 @@ fn wait_for_sweeps(repo: &Repository, ids: &[String]) -> Result<Vec<String>> {
         }
         std::thread::sleep(Duration::from_millis(200).min(stale / 4));
     }
+}
+
+/// The store's current time: the modification time of an object written for the purpose.
+fn store_clock(repo: &Repository) -> Result<DateTime<Utc>> {
+    let mut id = [0u8; 8];
+    crate::crypto::random_bytes(&mut id);
+    let name = format!("gc/clock-{}", hex::encode(id));
+    repo.backend().write(&name, Vec::new())?;
+    let now = repo.backend().modified(&name);
+    repo.backend().delete(&name)?;
+    now
 }
 
 /// Blobs under `roots` (trees and their content) that the current index does not place in a
