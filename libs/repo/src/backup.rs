@@ -175,7 +175,7 @@ fn backup_once(repo: &Repository, source: BackupSource, options: &BackupOptions)
     let excludes = Excludes::new(&options.excludes)?;
     let _lease = Lease::acquire(repo, false, "backup")?;
     let guard = WriteGuard::begin(repo, "backup")?;
-    let index = Arc::new(repo.load_index()?);
+    let index = Arc::new(guard.trusted(repo.load_index()?));
     tracing::debug!(elapsed = ?started.elapsed(), blobs = index.blobs.len(), "index loaded");
     let hostname =
         options.hostname.clone().unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());

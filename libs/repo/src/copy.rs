@@ -231,7 +231,7 @@ pub fn copy_snapshots(
     let _lease = Lease::acquire(destination, false, "copy")?;
     let guard = WriteGuard::begin(destination, "copy")?;
     let source_index = source.load_index()?;
-    let destination_index = Arc::new(destination.load_index()?);
+    let destination_index = Arc::new(guard.trusted(destination.load_index()?));
     let referenced = referenced_blobs(source, &source_index, to_copy.iter().map(|(_, s)| &s.tree))?;
     let mut by_pack: HashMap<u32, Vec<(BlobId, Location)>> = HashMap::new();
     for id in &referenced {

@@ -79,11 +79,21 @@ impl SweepView {
 pub struct WriteGuard {
     seen: SweepView,
     operation: &'static str,
+    ghosts: HashSet<String>,
 }
 
 impl WriteGuard {
     pub fn begin(repo: &Repository, operation: &'static str) -> Result<WriteGuard> {
-        Ok(WriteGuard { seen: SweepView::read(repo)?, operation })
+        let seen = SweepView::read(repo)?;
+        let ghosts = deleted_by(repo, &seen)?;
+        Ok(WriteGuard { seen, operation, ghosts })
+    }
+
+    /// `index` without the packs that finished sweeps deleted. A prune deletes a pack no index
+    /// names after its grace period; a writer stalled longer than that may still write an index
+    /// file naming it, and a writer that trusted such a file would see no sweep to check.
+    pub fn trusted(&self, index: Index) -> Index {
+        index.without(self.ghosts.clone())
     }
 
     /// Writes snapshots (through `write`, which returns their ids) whose trees are `roots`,
@@ -130,6 +140,36 @@ fn refuse_if_removed(repo: &Repository, roots: &[BlobId], operation: &'static st
     Err(Error::DataRemoved { operation, blobs: missing.len() })
 }
 
+/// The packs the finished sweeps of `view` deleted, as their `.done` records list them.
+fn deleted_by(repo: &Repository, view: &SweepView) -> Result<HashSet<String>> {
+    Ok(read_done_records(repo, view)?.deleted.into_keys().collect())
+}
+
+fn read_done_records(repo: &Repository, view: &SweepView) -> Result<DoneRecord> {
+    let mut all = DoneRecord::default();
+    for id in &view.done {
+        let name = format!("{}{id}.done", paths::SWEEPS);
+        let record: DoneRecord = match repo.load_object(&name) {
+            Ok(plain) => serde_json::from_slice(&plain).map_err(|e| Error::corrupt(&name, e.to_string()))?,
+            Err(Error::NotFound(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        all.deleted.extend(record.deleted);
+    }
+    Ok(all)
+}
+
+/// How long a deleted pack stays listed as deleted (a writer stalled longer than this between
+/// uploading a pack and indexing it could still make a later writer trust it).
+const GHOSTS_KEPT_DAYS: i64 = 7;
+
+/// What a sweep wrote when it finished: every pack it and the sweeps before it deleted in the
+/// last [`GHOSTS_KEPT_DAYS`], with when.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct DoneRecord {
+    deleted: BTreeMap<String, DateTime<Utc>>,
+}
+
 /// Waits until every sweep in `ids` has finished or its prune is dead: its record gone without
 /// `.done`, or unchanged for [`sweep_stale_after`] — counted from the record's last write by
 /// the store's clock, so a sweep that died long ago is passed at once.
@@ -156,9 +196,13 @@ fn wait_for_sweeps(repo: &Repository, ids: &[String]) -> Result<Vec<String>> {
                 None => true,
             };
             if changed {
-                // How long ago the record was written, by the store's clock.
+                // How long ago the record was written, by the store's clock (now: the probe's
+                // time plus what passed here since).
                 let age = match repo.backend().modified(&name) {
-                    Ok(at) => (store_now - at).to_std().unwrap_or_default() + probed.elapsed(),
+                    Ok(at) => {
+                        let now = store_now + chrono::Duration::from_std(probed.elapsed()).unwrap_or_default();
+                        (now - at).to_std().unwrap_or_default()
+                    }
                     Err(Error::NotFound(_)) => continue,
                     Err(e) => return Err(e),
                 };
@@ -322,11 +366,21 @@ impl Sweep {
         Ok(())
     }
 
-    /// Marks the sweep finished and removes the records of other finished (or long dead) sweeps.
-    pub fn finish(mut self) -> Result<()> {
+    /// Marks the sweep finished, naming the packs it deleted, and removes the records of other
+    /// finished sweeps.
+    pub fn finish(mut self, deleted: Vec<String>) -> Result<()> {
         drop(self.heartbeat.take());
-        self.repo.backend().write(&format!("{}{}.done", paths::SWEEPS, self.id), Vec::new())?;
+        // The records replaced below hand on what they list, for as long as a writer may stall.
         let view = SweepView::read(&self.repo)?;
+        let now = Utc::now();
+        let mut record = DoneRecord { deleted: deleted.into_iter().map(|id| (id, now)).collect() };
+        for (id, at) in read_done_records(&self.repo, &view)?.deleted {
+            if now - at < chrono::Duration::days(GHOSTS_KEPT_DAYS) {
+                record.deleted.entry(id).or_insert(at);
+            }
+        }
+        let done = serde_json::to_vec(&record).expect("record serializes");
+        write_sealed_bytes(&self.repo, &format!("{}{}.done", paths::SWEEPS, self.id), &done)?;
         for id in view.done.iter().filter(|id| **id != self.id) {
             self.repo.backend().delete(&format!("{}{id}", paths::SWEEPS))?;
             self.repo.backend().delete(&format!("{}{id}.done", paths::SWEEPS))?;
@@ -361,7 +415,11 @@ impl Drop for Sweep {
 }
 
 fn write_sealed<T: serde::Serialize>(repo: &Repository, name: &str, value: &T) -> Result<()> {
-    repo.backend().write(name, repo.data_key().seal(0, &serde_json::to_vec(value).expect("record serializes")))
+    write_sealed_bytes(repo, name, &serde_json::to_vec(value).expect("record serializes"))
+}
+
+fn write_sealed_bytes(repo: &Repository, name: &str, plain: &[u8]) -> Result<()> {
+    repo.backend().write(name, repo.data_key().seal(0, plain))
 }
 
 // ---------------------------------------------------------------------- candidate marks

@@ -46,6 +46,10 @@
 //!   that exists; if one is gone it removes the snapshots it wrote and fails with
 //!   [`Error::DataRemoved`] (a file or image backup then runs once more and stores the data
 //!   anew). A prune that starts after a snapshot is written lists it, so it keeps its data.
+//! - **Deleted packs are remembered.** A sweep's `.done` record names every pack it deleted
+//!   (later sweeps carry the list on for a week). A writer drops those packs from the index it
+//!   loads: one that stalled between uploading a pack and indexing it may write an index file
+//!   naming a pack a prune already deleted, and no sweep record would warn a later writer.
 //! - **Prune refuses an incomplete index**: if a snapshot uses a blob no index file holds,
 //!   or a pack with used blobs is missing, it deletes nothing and says how to repair.
 //!
@@ -61,9 +65,12 @@
 //! | t4 | waits for `p.done`, finds X gone, writes no snapshot, runs again | | nothing unrestorable is recorded |
 //!
 //! Had P started after B wrote its snapshot, P would have listed it and kept X. Had P
-//! finished before t0, B's index would not have listed X. The one assumption left is that a
-//! delete request reaches the store within half of [`gc::sweep_stale_after`] of the check
-//! that precedes it; a prune whose heartbeat lapsed stops deleting.
+//! finished before t0, B's index would not have listed X, or listed it only through an index
+//! file written late, and `p.done` names X. Two assumptions are left: a delete request reaches
+//! the store within half of [`gc::sweep_stale_after`] of the check that precedes it (a prune
+//! whose heartbeat lapsed stops deleting), and no writer stalls for more than a week between
+//! uploading a pack and writing the index file that names it (the next prune removes such a
+//! file; a backup that ran in between could have trusted it).
 //!
 //! | | backup | restore / check / ls | forget | prune |
 //! |---|---|---|---|---|

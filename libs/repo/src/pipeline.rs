@@ -111,7 +111,8 @@ fn watch_other_writers(repo: Repository, dedup: Arc<Dedup>) -> Ticker {
             // Our own index files list only blobs already pending; reading them is harmless.
             if let Ok(file) = repo.load_object(&name).and_then(|b| from_msgpack::<IndexFile>(&b, &name)) {
                 let mut others = dedup.others.write().expect("dedup lock poisoned");
-                others.extend(file.packs.iter().flat_map(|p| p.entries.iter().map(|e| e.id)));
+                let trusted = file.packs.iter().filter(|p| !dedup.index.ghosts.contains(&p.id));
+                others.extend(trusted.flat_map(|p| p.entries.iter().map(|e| e.id)));
                 seen.insert(name);
             }
         }

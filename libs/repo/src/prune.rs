@@ -313,7 +313,8 @@ pub fn prune(repo: &Repository, options: &PruneOptions) -> Result<PruneReport> {
     }
     marks.remove_read(repo)?;
     sweep.remove_dead()?;
-    sweep.finish()?;
+    let deleted = if index_changes { delete.iter().map(|c| c.id.clone()).collect() } else { Vec::new() };
+    sweep.finish(deleted)?;
     report.temporary_files_removed =
         remove_stale_temporary_files(repo, options.grace.max(crate::gc::sweep_stale_after()))?;
     Ok(report)

@@ -113,6 +113,9 @@ pub struct Index {
     /// Index files that could not be read (name, why); their packs were indexed from the
     /// packs' own headers instead (see [`Repository::load_index`]).
     pub damaged: Vec<Damaged>,
+    /// Packs a finished prune deleted: an index file written late may still name them, so
+    /// they are never trusted (see [`crate::gc::WriteGuard::trusted`]).
+    pub ghosts: std::collections::HashSet<String>,
 }
 
 /// A stored object that cannot be read (it fails authentication or does not decode).
@@ -145,6 +148,20 @@ impl Index {
     pub fn add_file(&mut self, name: String, file: IndexFile) {
         self.files.push(name);
         self.add_packs(file.packs);
+    }
+
+    /// This index without the packs in `ghosts` (which it remembers).
+    pub fn without(self, ghosts: std::collections::HashSet<String>) -> Index {
+        if !self.packs.iter().any(|p| ghosts.contains(&p.id)) {
+            return Index { ghosts, ..self };
+        }
+        let mut trusted = Index { files: self.files, damaged: self.damaged, ..Index::default() };
+        let mut entries = self.pack_entries;
+        for pack in self.packs.into_iter().filter(|p| !ghosts.contains(&p.id)) {
+            let entries = entries.remove(&pack.id).unwrap_or_default();
+            trusted.add_packs(vec![crate::format::IndexedPack { id: pack.id, size: pack.size, entries }]);
+        }
+        Index { ghosts, ..trusted }
     }
 
     /// Adds packs that no index file names (read from the packs' own headers).
