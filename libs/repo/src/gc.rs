@@ -191,6 +191,16 @@ fn wait_for_sweeps(repo: &Repository, ids: &[String]) -> Result<Vec<String>> {
                 Err(Error::NotFound(_)) => continue,
                 Err(e) => return Err(e),
             };
+            // A prune killed on this very host is known dead at once.
+            let dead = repo
+                .open_object(&name, &record)
+                .ok()
+                .and_then(|plain| serde_json::from_slice::<SweepRecord>(&plain).ok())
+                .is_some_and(|r| r.pid != 0 && crate::lock::process_is_gone(&r.hostname, &r.table, r.pid));
+            if dead {
+                tracing::warn!(sweep = %id, "the prune of this sweep died on this host; taking it for dead");
+                continue;
+            }
             let changed = match last_seen.get(id) {
                 Some((seen, _)) => *seen != record,
                 None => true,
@@ -300,6 +310,11 @@ pub struct UsedBlobs {
 struct SweepRecord {
     hostname: String,
     instance: String,
+    /// The prune's process, so a waiter on the same host sees at once that it died.
+    #[serde(default)]
+    table: crate::lock::ProcessTable,
+    #[serde(default)]
+    pid: u32,
     started: DateTime<Utc>,
     /// Bumped by every heartbeat, so the record's bytes change even within a clock tick.
     beat: u64,
@@ -323,6 +338,8 @@ impl Sweep {
         let mut record = SweepRecord {
             hostname: gethostname::gethostname().to_string_lossy().into_owned(),
             instance: crate::lock::instance_id().to_string(),
+            table: crate::lock::ProcessTable::current(),
+            pid: std::process::id(),
             started: Utc::now(),
             beat: 0,
         };

@@ -55,23 +55,31 @@ pub fn live_leases(repo: &Repository) -> Result<Vec<(String, LockFile)>> {
 /// A lease written in this very process table (same host, boot and PID namespace) by a
 /// process that no longer exists was left by a crash.
 fn holder_is_gone(lock: &LockFile) -> bool {
+    let table = ProcessTable { boot_id: lock.boot_id.clone(), pid_namespace: lock.pid_namespace.clone() };
+    process_is_gone(&lock.hostname, &table, lock.pid)
+}
+
+/// Whether process `pid` of `table` on `hostname` is known to have ended: only when that is
+/// this very process table (same host, boot and PID namespace) and it has no such process.
+pub(crate) fn process_is_gone(hostname: &str, table: &ProcessTable, pid: u32) -> bool {
     let here = ProcessTable::current();
     !here.boot_id.is_empty()
         && !here.pid_namespace.is_empty()
-        && lock.hostname == gethostname::gethostname().to_string_lossy()
-        && lock.boot_id == here.boot_id
-        && lock.pid_namespace == here.pid_namespace
-        && !std::path::Path::new(&format!("/proc/{}", lock.pid)).exists()
+        && hostname == gethostname::gethostname().to_string_lossy()
+        && table.boot_id == here.boot_id
+        && table.pid_namespace == here.pid_namespace
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Which process table a process id belongs to.
-struct ProcessTable {
-    boot_id: String,
-    pid_namespace: String,
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ProcessTable {
+    pub(crate) boot_id: String,
+    pub(crate) pid_namespace: String,
 }
 
 impl ProcessTable {
-    fn current() -> ProcessTable {
+    pub(crate) fn current() -> ProcessTable {
         ProcessTable {
             boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
                 .map(|s| s.trim().to_string())
