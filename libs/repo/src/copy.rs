@@ -25,7 +25,7 @@
 //! names the parent's id in the destination when the parent is there too. Snapshot ids are
 //! content hashes of the sealed manifest, so a copy's id differs from the source's id.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -34,10 +34,10 @@ use crate::backend::Backend;
 use crate::crypto::FLAG_ZSTD;
 use crate::error::{Error, Result};
 use crate::format::{BlobId, Snapshot, SnapshotMap};
-use crate::gc::WriteGuard;
+use crate::gc::{WriteGuard, used_blobs};
 use crate::lock::Lease;
 use crate::pipeline::{BlobSink, Pipeline};
-use crate::repository::{Index, InitOptions, Location, Repository, RepositoryIdentity, TreeLoader, paths};
+use crate::repository::{Index, InitOptions, Location, Repository, RepositoryIdentity, paths};
 
 /// Neighbouring blobs closer than this are fetched in one request (the gap is read and dropped).
 const MAX_READ_GAP: u64 = 256 << 10;
@@ -232,7 +232,11 @@ pub fn copy_snapshots(
     let guard = WriteGuard::begin(destination, "copy")?;
     let source_index = source.load_index()?;
     let destination_index = Arc::new(guard.trusted(destination.load_index()?));
-    let referenced = referenced_blobs(source, &source_index, to_copy.iter().map(|(_, s)| &s.tree))?;
+    let used = used_blobs(source, &source_index, to_copy.iter().map(|(_, s)| s.tree))?;
+    if let Some(first) = used.unindexed.iter().min() {
+        return Err(Error::NotFound(format!("blob {first} in the source index (run `arca check` on the source)")));
+    }
+    let referenced = used.blobs;
     let mut by_pack: HashMap<u32, Vec<(BlobId, Location)>> = HashMap::new();
     for id in &referenced {
         if destination_index.contains(id) {
@@ -312,28 +316,6 @@ pub fn copy_snapshots(
     })?;
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
-}
-
-/// Every tree and data blob under the given root trees (hole chunks have no blob).
-fn referenced_blobs<'t>(
-    repo: &Repository,
-    index: &Index,
-    roots: impl Iterator<Item = &'t BlobId>,
-) -> Result<HashSet<BlobId>> {
-    let loader = TreeLoader::new(repo, index);
-    let mut blobs: HashSet<BlobId> = HashSet::new();
-    let mut stack: Vec<BlobId> = roots.copied().collect();
-    while let Some(tree_id) = stack.pop() {
-        // Trees already in the set were walked (subtrees are shared between snapshots).
-        if !blobs.insert(tree_id) {
-            continue;
-        }
-        for node in loader.load(&tree_id)?.nodes {
-            stack.extend(node.subtree);
-            blobs.extend(node.content.iter().filter_map(|chunk| chunk.0));
-        }
-    }
-    Ok(blobs)
 }
 
 /// A source pack (its number in the index) and the blobs to take from it.
